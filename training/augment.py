@@ -1,0 +1,240 @@
+"""Joint image + label augmentation for training (the seed's set, made reproducible).
+
+Every op takes one example: an image float32 [H, W, 3] in [0, 1] and a category mask [H, W]
+(any integer dtype), and returns both with the same geometry. Geometric ops move image and
+label with the SAME draw; the mask is only ever resampled with nearest neighbour (interpolating
+category ids would invent categories at boundaries) and pixels that come from outside the frame
+become void (0) in the mask and neutral grey in the image.
+
+Randomness is stateless: each random op takes a `seed` (int32/int64 [2]) and uses
+`tf.random.stateless_*`, so the same seed gives the same result eagerly, inside
+`Dataset.map`, on any worker and after a restart. `training.data` draws one seed per example
+from `tf.data.Dataset.random(seed)`. The deterministic ops (`rotate`, `crop_and_resize`,
+`flip_horizontal`, `gaussian_blur`) are public so that tests can check the geometry exactly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from cityseg import vocabulary as V
+from training import ops
+
+# Grey in the middle of [0, 1]: what the model sees where a rotation uncovers no image.
+NEUTRAL_IMAGE_VALUE = 0.5
+_BLUR_RADIUS = 4  # kernel of 2 * 4 + 1 = 9 taps covers +-3 sigma for sigma <= 1.5
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Strength of each augmentation (the seed's set).
+
+    Attributes:
+      max_rotation_degrees: rotation angle drawn uniformly in +-this.
+      max_crop_fraction: up to this fraction of height and width is cropped away (same
+        fraction on both axes, so the aspect ratio is kept), then resized back.
+      blur_probability: chance of a Gaussian blur.
+      max_blur_sigma: blur sigma drawn uniformly in (0, this], in pixels.
+      flip_probability: chance of a horizontal flip (a street scene mirrored is still a street
+        scene; a vertical flip is not, so there is none).
+      max_brightness_delta: brightness offset drawn in +-this (images are in [0, 1]).
+      contrast_range: contrast factor drawn uniformly in this range.
+    """
+
+    max_rotation_degrees: float = 25.0
+    max_crop_fraction: float = 0.2
+    blur_probability: float = 0.3
+    max_blur_sigma: float = 1.5
+    flip_probability: float = 0.5
+    max_brightness_delta: float = 0.2
+    contrast_range: tuple[float, float] = (0.8, 1.2)
+
+    def __post_init__(self):
+        if not 0.0 <= self.max_rotation_degrees <= 180.0:
+            raise ValueError(f"max_rotation_degrees must be in [0, 180], not {self.max_rotation_degrees}")
+        if not 0.0 <= self.max_crop_fraction < 1.0:
+            raise ValueError(f"max_crop_fraction must be in [0, 1), not {self.max_crop_fraction}")
+        for name in ("blur_probability", "flip_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], not {getattr(self, name)}")
+        if self.max_blur_sigma < 0 or self.max_brightness_delta < 0:
+            raise ValueError("max_blur_sigma and max_brightness_delta must be >= 0")
+        low, high = self.contrast_range
+        if not 0.0 < low <= high:
+            raise ValueError(f"contrast_range must be 0 < low <= high, not {self.contrast_range}")
+
+
+# --- Deterministic ops -----------------------------------------------------------------------
+
+def flip_horizontal(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mirrors image [H, W, C] and mask [H, W] left-right."""
+    return tf.reverse(image, axis=[1]), tf.reverse(label, axis=[1])
+
+
+def rotation_transform(degrees: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    """The 8-vector projective transform rotating an image about its centre.
+
+    `ImageProjectiveTransformV3` maps each OUTPUT pixel (x, y) to the input point
+    (a0 x + a1 y + a2, b0 x + b1 y + b2); this is that inverse rotation.
+    """
+    angle = tf.cast(degrees, tf.float32) * (math.pi / 180.0)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    cx = (tf.cast(width, tf.float32) - 1.0) / 2.0
+    cy = (tf.cast(height, tf.float32) - 1.0) / 2.0
+    zero = tf.zeros_like(cos)
+    return tf.stack([
+        cos, -sin, cx - cos * cx + sin * cy,
+        sin, cos, cy - sin * cx - cos * cy,
+        zero, zero,
+    ])
+
+
+def _transform(x: tf.Tensor, transform: tf.Tensor, interpolation: str, fill) -> tf.Tensor:
+    """Applies a projective transform to one [H, W, C] tensor, constant fill outside."""
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=x[tf.newaxis],
+        transforms=transform[tf.newaxis],
+        output_shape=tf.shape(x)[:2],
+        fill_value=tf.cast(fill, tf.float32),
+        interpolation=interpolation,
+        fill_mode="CONSTANT",
+    )
+    return out[0]
+
+
+def rotate(image: tf.Tensor, label: tf.Tensor, degrees) -> tuple[tf.Tensor, tf.Tensor]:
+    """Rotates image and mask by `degrees` about the centre, keeping their size.
+
+    The image is resampled bilinearly with neutral grey outside the frame; the mask with
+    nearest neighbour and void (0) outside, so no invented category appears.
+    """
+    shape = tf.shape(image)
+    transform = rotation_transform(degrees, shape[0], shape[1])
+    image = _transform(tf.cast(image, tf.float32), transform, "BILINEAR", NEUTRAL_IMAGE_VALUE)
+    label = _transform(label[..., tf.newaxis], transform, "NEAREST", V.VOID)[..., 0]
+    return image, label
+
+
+def crop_and_resize(image: tf.Tensor, label: tf.Tensor, offset: tf.Tensor,
+                    crop_size: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Crops the window at `offset` (y, x) of `crop_size` (h, w), then resizes it back.
+
+    The image goes back bilinearly, the mask with nearest neighbour.
+    """
+    size = tf.shape(image)[:2]
+    image = tf.slice(image, [offset[0], offset[1], 0], [crop_size[0], crop_size[1], -1])
+    label = tf.slice(label, [offset[0], offset[1]], [crop_size[0], crop_size[1]])
+    image = tf.image.resize(image, size, method=tf.image.ResizeMethod.BILINEAR)
+    return image, ops.resize_label(label, size)
+
+
+def gaussian_kernel(sigma: tf.Tensor, radius: int = _BLUR_RADIUS) -> tf.Tensor:
+    """A normalised 1-D Gaussian of 2 * radius + 1 taps."""
+    sigma = tf.maximum(tf.cast(sigma, tf.float32), 1e-3)
+    x = tf.range(-radius, radius + 1, dtype=tf.float32)
+    kernel = tf.exp(-0.5 * tf.square(x / sigma))
+    return kernel / tf.reduce_sum(kernel)
+
+
+def gaussian_blur(image: tf.Tensor, sigma, radius: int = _BLUR_RADIUS) -> tf.Tensor:
+    """Blurs an image [H, W, C] with a separable Gaussian of `sigma` pixels.
+
+    Borders are reflected rather than zero-padded so the frame edge does not darken.
+    """
+    image = tf.cast(image, tf.float32)
+    channels = tf.shape(image)[-1]
+    kernel = gaussian_kernel(sigma, radius)
+    kh = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
+    kw = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, channels, 1])
+    x = tf.pad(image[tf.newaxis], [[0, 0], [radius, radius], [radius, radius], [0, 0]],
+               mode="REFLECT")
+    x = tf.nn.depthwise_conv2d(x, kh, strides=[1, 1, 1, 1], padding="VALID")
+    x = tf.nn.depthwise_conv2d(x, kw, strides=[1, 1, 1, 1], padding="VALID")
+    return tf.ensure_shape(x[0], image.shape)
+
+
+# --- Random ops (stateless: same seed, same draw) --------------------------------------------
+
+def _uniform(seed: tf.Tensor, low, high, shape=()) -> tf.Tensor:
+    return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high, dtype=tf.float32)
+
+
+def random_flip(image, label, seed, probability: float = 0.5):
+    """Flips image and mask together with `probability`."""
+    do = _uniform(seed, 0.0, 1.0) < probability
+    return tf.cond(do, lambda: flip_horizontal(image, label), lambda: (image, label))
+
+
+def random_rotation(image, label, seed, max_degrees: float = 25.0):
+    """Rotates image and mask together by an angle drawn in +-max_degrees."""
+    if max_degrees == 0:
+        return image, label
+    return rotate(image, label, _uniform(seed, -max_degrees, max_degrees))
+
+
+def random_crop(image, label, seed, max_fraction: float = 0.2):
+    """Crops away up to `max_fraction` of each side's length at a random place, resizes back.
+
+    Acts as a zoom in of 1x to 1 / (1 - max_fraction)x.
+    """
+    if max_fraction == 0:
+        return image, label
+    fraction_seed, y_seed, x_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    size = tf.shape(image)[:2]
+    keep = 1.0 - _uniform(fraction_seed, 0.0, max_fraction)
+    crop = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * keep), tf.int32), 1)
+    slack = size - crop
+    # maxval is exclusive; + 1 lets the window touch the far edge.
+    offset_y = tf.random.stateless_uniform([], y_seed, 0, slack[0] + 1, dtype=tf.int32)
+    offset_x = tf.random.stateless_uniform([], x_seed, 0, slack[1] + 1, dtype=tf.int32)
+    return crop_and_resize(image, label, tf.stack([offset_y, offset_x]), crop)
+
+
+def random_blur(image, seed, probability: float = 0.3, max_sigma: float = 1.5):
+    """Blurs the image (never the mask) with `probability`, sigma drawn in (0, max_sigma]."""
+    if probability == 0 or max_sigma == 0:
+        return image
+    do_seed, sigma_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    do = _uniform(do_seed, 0.0, 1.0) < probability
+    sigma = _uniform(sigma_seed, 0.1, max_sigma)
+    return tf.cond(do, lambda: gaussian_blur(image, sigma), lambda: tf.cast(image, tf.float32))
+
+
+def random_brightness_contrast(image, seed, max_delta: float = 0.2,
+                               contrast_range: tuple[float, float] = (0.8, 1.2)):
+    """Shifts brightness and scales contrast of the image; the result stays in [0, 1]."""
+    brightness_seed, contrast_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = tf.cast(image, tf.float32)
+    if max_delta > 0:
+        image = tf.image.stateless_random_brightness(image, max_delta, brightness_seed)
+    low, high = contrast_range
+    if low != high or low != 1.0:
+        image = tf.image.stateless_random_contrast(image, low, high, contrast_seed)
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def augment(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
+            config: AugmentConfig = AugmentConfig()) -> tuple[tf.Tensor, tf.Tensor]:
+    """Applies the whole set to one example, all draws derived from `seed`.
+
+    Args:
+      image: float32 [H, W, 3] in [0, 1].
+      label: integer category mask [H, W].
+      seed: int32 or int64 [2], e.g. one element of `tf.data.Dataset.random(s).batch(2)`.
+      config: strengths of each op.
+
+    Returns:
+      (image float32 [H, W, 3] in [0, 1], label [H, W] of the input dtype), same H and W.
+    """
+    seed = tf.cast(seed, tf.int64)
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
+    image = tf.cast(image, tf.float32)
+    image, label = random_crop(image, label, seeds[0], config.max_crop_fraction)
+    image, label = random_rotation(image, label, seeds[1], config.max_rotation_degrees)
+    image, label = random_flip(image, label, seeds[2], config.flip_probability)
+    image = random_blur(image, seeds[3], config.blur_probability, config.max_blur_sigma)
+    image = random_brightness_contrast(image, seeds[4], config.max_brightness_delta,
+                                       config.contrast_range)
+    return image, label

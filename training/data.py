@@ -1,0 +1,230 @@
+"""The tf.data input pipeline: sharded TFRecords -> batches of (images, category masks).
+
+Stages are small functions chained in `make_dataset`:
+
+    list_shards -> interleave(TFRecordDataset) -> shuffle -> repeat -> (+ per-example seed)
+      -> parse_example -> decode_example -> resize_example -> augment -> batch -> prefetch
+
+Shuffling happens on the serialized records (a few hundred KB each) before decoding, so the
+shuffle buffer never holds decoded frames. Every map runs with `AUTOTUNE` parallelism.
+
+Records are written by the Beam job (`cityseg-preprocess`, see CONTRACTS.md): PNG RGB image,
+PNG one-channel category mask (0..7), both of the same stored size.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from cityseg import vocabulary as V
+from training import augment as augment_lib
+from training import ops
+
+AUTOTUNE = tf.data.AUTOTUNE
+DEFAULT_SHUFFLE_BUFFER = 256
+_CYCLE_LENGTH = 8  # shards read at once; more only adds open files
+
+FEATURES = {
+    V.FEATURE_ID: tf.io.FixedLenFeature([], tf.string),
+    V.FEATURE_CITY: tf.io.FixedLenFeature([], tf.string),
+    V.FEATURE_SPLIT: tf.io.FixedLenFeature([], tf.string),
+    V.FEATURE_IMAGE: tf.io.FixedLenFeature([], tf.string),
+    V.FEATURE_LABEL: tf.io.FixedLenFeature([], tf.string),
+    V.FEATURE_HEIGHT: tf.io.FixedLenFeature([], tf.int64),
+    V.FEATURE_WIDTH: tf.io.FixedLenFeature([], tf.int64),
+    V.FEATURE_ORIGINAL_HEIGHT: tf.io.FixedLenFeature([], tf.int64),
+    V.FEATURE_ORIGINAL_WIDTH: tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+# --- Stages ------------------------------------------------------------------------------
+
+def list_shards(data_dir: str | os.PathLike, split: str) -> list[str]:
+    """The sorted TFRecord shard paths of one split under `DATA/tfrecords/{split}/`.
+
+    Sorted so that file order, and with a seed the whole pipeline, is reproducible.
+
+    Raises:
+      ValueError: for a split that is not one of `vocabulary.SPLITS`.
+      FileNotFoundError: if the split has no shard.
+    """
+    if split not in V.SPLITS:
+        raise ValueError(f"unknown split {split!r} (expected one of {', '.join(V.SPLITS)})")
+    folder = Path(data_dir) / V.TFRECORDS_DIR / split
+    shards = sorted(str(p) for p in folder.glob(V.SHARD_GLOB.format(split=split)))
+    if not shards:
+        raise FileNotFoundError(
+            f"no TFRecord shards for split {split!r} in {folder} (run cityseg-preprocess first)")
+    return shards
+
+
+def read_records(shards: list[str], *, shuffle: bool = False, seed: int | None = None,
+                 deterministic: bool = True) -> tf.data.Dataset:
+    """Serialized examples read from several shards at once (parallel interleave)."""
+    files = tf.data.Dataset.from_tensor_slices(shards)
+    if shuffle:
+        files = files.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
+    return files.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(_CYCLE_LENGTH, len(shards)),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
+
+
+def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Parses one serialized `tf.train.Example` into the contract's features."""
+    return tf.io.parse_single_example(serialized, FEATURES)
+
+
+def decode_example(features: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    """Decodes the PNGs: (image uint8 [H, W, 3], label uint8 [H, W] category ids)."""
+    image = tf.io.decode_png(features[V.FEATURE_IMAGE], channels=3, dtype=tf.uint8)
+    label = tf.io.decode_png(features[V.FEATURE_LABEL], channels=1, dtype=tf.uint8)[..., 0]
+    return image, label
+
+
+def resize_example(image: tf.Tensor, label: tf.Tensor,
+                   image_size: tuple[int, int] | None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Resizes to `image_size` (image: area/bilinear, label: nearest) and normalises.
+
+    Returns:
+      (image float32 [H, W, 3] in [0, 1], label uint8 [H, W]).
+    """
+    if image_size is not None:
+        image = ops.resize_image(image, image_size)
+        label = ops.resize_label(label, image_size)
+        height, width = image_size
+    else:
+        height = width = None
+    image = tf.ensure_shape(ops.normalize_image(image), [height, width, 3])
+    label = tf.ensure_shape(label, [height, width])
+    return image, label
+
+
+def to_model_inputs(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Final dtypes: images float32 in [0, 1], labels int32 category ids."""
+    return tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 1.0), tf.cast(label, tf.int32)
+
+
+def dataset_options(*, deterministic: bool) -> tf.data.Options:
+    """Options making the pipeline deterministic when asked and shardable by tf.distribute.
+
+    Auto-shard policy AUTO: under `MultiWorkerMirroredStrategy` each worker reads its own
+    subset of shard FILES when there are at least as many shards as workers (no wasted
+    decoding; choose `--num-shards` >= workers in the Beam job), and falls back to DATA
+    sharding (every worker reads all, keeps every N-th example) otherwise. Single-machine
+    strategies do not shard at all.
+    """
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.AUTO
+    return options
+
+
+# --- The pipeline ------------------------------------------------------------------------
+
+def make_dataset(data_dir: str | os.PathLike, split: str, *, batch_size: int,
+                 image_size: tuple[int, int] | None = None, augment: bool = False,
+                 shuffle: bool = False, seed: int | None = None, repeat: bool = False,
+                 drop_remainder: bool = False,
+                 augment_config: augment_lib.AugmentConfig | None = None,
+                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> tf.data.Dataset:
+    """Batches of (images float32 [B, H, W, 3] in [0, 1], labels int32 [B, H, W]).
+
+    Args:
+      data_dir: the Beam job's output folder (holding `tfrecords/`).
+      split: `train`, `val` or `test`.
+      batch_size: examples per batch (per replica count is the trainer's business).
+      image_size: (height, width) every example is resized to; None keeps the stored size,
+        which only batches when all records share one size (the Beam job's `--image-size`
+        makes them so; with `native` sizes use batch_size=1 or pass a size).
+      augment: apply `training.augment.augment` (rotation, crop, blur, flip, colour).
+      shuffle: shuffle shard order and records (buffer `shuffle_buffer`).
+      seed: makes shuffling and augmentation reproducible; also makes the interleave order
+        deterministic. None: fresh randomness each run, nondeterministic order (faster).
+      repeat: repeat forever (for `steps_per_epoch` training).
+      drop_remainder: drop the last partial batch (static batch dimension).
+      augment_config: strengths of the augmentations (default: the seed's set).
+      shuffle_buffer: records held by the shuffle buffer.
+
+    Returns:
+      The `tf.data.Dataset`, prefetching, with `dataset_options` applied.
+
+    Raises:
+      ValueError: for an unknown split or an impossible batch size / image size.
+      FileNotFoundError: if the split has no shard.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+    if image_size is not None:
+        image_size = tuple(int(s) for s in image_size)
+        if len(image_size) != 2 or min(image_size) < 1:
+            raise ValueError(f"image_size must be (height, width) > 0, not {image_size}")
+    config = augment_config or augment_lib.AugmentConfig()
+    deterministic = seed is not None
+    shards = list_shards(data_dir, split)
+
+    ds = read_records(shards, shuffle=shuffle, seed=seed, deterministic=deterministic)
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+
+    def prepare(serialized):
+        image, label = decode_example(parse_example(serialized))
+        return resize_example(image, label, image_size)
+
+    if augment:
+        # One [2] seed per example, drawn AFTER shuffle/repeat so every epoch differs while a
+        # given `seed` reproduces the whole run.
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        ds = tf.data.Dataset.zip(ds, seeds)
+
+        def prepare_and_augment(serialized, example_seed):
+            image, label = prepare(serialized)
+            return augment_lib.augment(image, label, example_seed, config)
+
+        ds = ds.map(prepare_and_augment, num_parallel_calls=AUTOTUNE,
+                    deterministic=deterministic)
+    else:
+        ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+    ds = ds.map(to_model_inputs, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE,
+                  deterministic=deterministic)
+    ds = ds.prefetch(AUTOTUNE)
+    return ds.with_options(dataset_options(deterministic=deterministic))
+
+
+def count_examples(data_dir: str | os.PathLike, split: str) -> int:
+    """Number of records in a split, counted by reading the shards (no decoding).
+
+    Prefer `load_stats(data_dir)[split]['images']` when stats.json is there; this is the
+    fallback and the check.
+    """
+    ds = tf.data.TFRecordDataset(list_shards(data_dir, split))
+    return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
+
+
+def load_stats(data_dir: str | os.PathLike) -> dict[str, Any]:
+    """The Beam job's `stats.json` (per split image counts, category pixels, class weights).
+
+    Raises:
+      FileNotFoundError: if `DATA/stats.json` is missing.
+      ValueError: if it is not a JSON object.
+    """
+    path = Path(data_dir) / V.STATS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {V.STATS_FILE} in {data_dir} (run cityseg-preprocess first)")
+    try:
+        stats = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(stats, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return stats
