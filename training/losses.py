@@ -1,0 +1,182 @@
+"""Segmentation losses on logits: cross-entropy (optionally class-weighted), soft Dice, focal.
+
+Every loss takes logits `[B, H, W, C]` (the models never apply softmax) and integer category ids
+`[B, H, W]`, and returns one value per image, so Keras' default `sum_over_batch_size` reduction
+and its distribution-strategy loss scaling apply unchanged. Logits are cast to float32 first: under
+mixed precision a float16 softmax over a large image underflows.
+
+Pixels of `ignore_class` (the trainer passes void, which the benchmark does not score) contribute
+nothing: they are masked out of every sum and every normaliser.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+from cityseg import vocabulary as V
+
+_EPSILON = 1e-7
+
+
+def _prepare(y_true: tf.Tensor, y_pred: tf.Tensor,
+             ignore_class: int | None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Returns (labels int32 [B,H,W], logits float32 [B,H,W,C], valid float32 [B,H,W])."""
+    logits = tf.cast(y_pred, tf.float32)
+    labels = tf.cast(y_true, tf.int32)
+    # Keras may hand labels as [B, H, W, 1]; the losses work on [B, H, W].
+    if labels.shape.rank == logits.shape.rank:
+        labels = tf.squeeze(labels, axis=-1)
+    if ignore_class is None:
+        valid = tf.ones_like(labels, dtype=tf.float32)
+    else:
+        valid = tf.cast(tf.not_equal(labels, ignore_class), tf.float32)
+    return labels, logits, valid
+
+
+def _per_image_sum(x: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_sum(x, axis=tf.range(1, tf.rank(x)))
+
+
+def cross_entropy(y_true: tf.Tensor, y_pred: tf.Tensor, *,
+                  class_weights: Sequence[float] | None = None,
+                  ignore_class: int | None = None) -> tf.Tensor:
+    """Per-image mean sparse cross-entropy from logits, optionally class-weighted.
+
+    With class weights `w`, an image's loss is `sum_p w[y_p] * ce_p / sum_p w[y_p]` over its
+    valid pixels (the normalisation PyTorch's weighted `CrossEntropyLoss` uses), so weights change
+    which pixels matter, not the loss scale.
+
+    Returns:
+      float32 [B].
+    """
+    labels, logits, valid = _prepare(y_true, y_pred, ignore_class)
+    num_classes = logits.shape[-1]
+    safe_labels = tf.clip_by_value(labels, 0, num_classes - 1)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
+    weights = valid
+    if class_weights is not None:
+        table = tf.constant(class_weights, dtype=tf.float32)
+        weights = weights * tf.gather(table, safe_labels)
+    return _per_image_sum(weights * ce) / tf.maximum(_per_image_sum(weights), _EPSILON)
+
+
+def dice(y_true: tf.Tensor, y_pred: tf.Tensor, *, smooth: float = 1.0,
+         ignore_class: int | None = None) -> tf.Tensor:
+    """Per-image soft Dice loss: 1 - mean over classes of (2|P∩Y| + s) / (|P| + |Y| + s).
+
+    Classes absent from both the prediction and the label score ~1 (thanks to `smooth`), so a
+    correct "nothing here" is not punished; the ignored class is left out of the mean.
+
+    Returns:
+      float32 [B].
+    """
+    labels, logits, valid = _prepare(y_true, y_pred, ignore_class)
+    num_classes = logits.shape[-1]
+    probs = tf.nn.softmax(logits, axis=-1) * valid[..., tf.newaxis]
+    onehot = tf.one_hot(labels, num_classes, dtype=tf.float32) * valid[..., tf.newaxis]
+    intersection = tf.reduce_sum(probs * onehot, axis=[1, 2])
+    total = tf.reduce_sum(probs, axis=[1, 2]) + tf.reduce_sum(onehot, axis=[1, 2])
+    score = (2.0 * intersection + smooth) / (total + smooth)  # [B, C]
+    if ignore_class is not None:
+        keep = [c for c in range(num_classes) if c != ignore_class]
+        score = tf.gather(score, keep, axis=-1)
+    return 1.0 - tf.reduce_mean(score, axis=-1)
+
+
+def focal(y_true: tf.Tensor, y_pred: tf.Tensor, *, gamma: float = 2.0,
+          class_weights: Sequence[float] | None = None,
+          ignore_class: int | None = None) -> tf.Tensor:
+    """Per-image focal loss `-(1 - p_t)^gamma log p_t` (Lin et al. 2017), mean over valid pixels.
+
+    Down-weights pixels the model already gets right (the vast road and sky areas) so the thin
+    and rare categories drive the gradient. Class weights play the role of the paper's alpha.
+
+    Returns:
+      float32 [B].
+    """
+    labels, logits, valid = _prepare(y_true, y_pred, ignore_class)
+    num_classes = logits.shape[-1]
+    safe_labels = tf.clip_by_value(labels, 0, num_classes - 1)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
+    p_t = tf.exp(-ce)
+    loss = tf.pow(1.0 - p_t, gamma) * ce
+    weights = valid
+    if class_weights is not None:
+        weights = weights * tf.gather(tf.constant(class_weights, tf.float32), safe_labels)
+    return _per_image_sum(weights * loss) / tf.maximum(_per_image_sum(valid), _EPSILON)
+
+
+@keras.saving.register_keras_serializable(package="cityseg")
+class SegmentationLoss(keras.losses.Loss):
+    """A Keras loss wrapping one of this module's functions by name (serialisable in .keras)."""
+
+    def __init__(self, kind: str = "ce", class_weights: Sequence[float] | None = None,
+                 ignore_class: int | None = None, name: str | None = None, **kwargs):
+        if kind not in LOSSES:
+            raise ValueError(f"unknown loss {kind!r} (expected one of {', '.join(LOSSES)})")
+        if kind == "weighted_ce" and class_weights is None:
+            raise ValueError("loss 'weighted_ce' needs class weights")
+        super().__init__(name=name or kind.replace("+", "_"), **kwargs)
+        self.kind = kind
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.ignore_class = ignore_class
+
+    def call(self, y_true, y_pred):
+        return LOSSES[self.kind](y_true, y_pred, class_weights=self.class_weights,
+                                 ignore_class=self.ignore_class)
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind, "class_weights": self.class_weights,
+                "ignore_class": self.ignore_class}
+
+
+def _ce(y_true, y_pred, *, class_weights=None, ignore_class=None):
+    # Plain CE ignores class weights even when the trainer has them: that is weighted_ce's job.
+    return cross_entropy(y_true, y_pred, ignore_class=ignore_class)
+
+
+def _weighted_ce(y_true, y_pred, *, class_weights=None, ignore_class=None):
+    return cross_entropy(y_true, y_pred, class_weights=class_weights, ignore_class=ignore_class)
+
+
+def _dice(y_true, y_pred, *, class_weights=None, ignore_class=None):
+    return dice(y_true, y_pred, ignore_class=ignore_class)
+
+
+def _focal(y_true, y_pred, *, class_weights=None, ignore_class=None):
+    return focal(y_true, y_pred, class_weights=class_weights, ignore_class=ignore_class)
+
+
+def _ce_dice(y_true, y_pred, *, class_weights=None, ignore_class=None):
+    # CE gives well-behaved early gradients; Dice then counters the class imbalance.
+    return (cross_entropy(y_true, y_pred, class_weights=class_weights, ignore_class=ignore_class)
+            + dice(y_true, y_pred, ignore_class=ignore_class))
+
+
+LOSSES: dict[str, Callable[..., tf.Tensor]] = {
+    "ce": _ce,
+    "weighted_ce": _weighted_ce,
+    "dice": _dice,
+    "focal": _focal,
+    "ce+dice": _ce_dice,
+}
+
+
+def make_loss(name: str, class_weights: Sequence[float] | None = None, *,
+              ignore_class: int | None = None) -> SegmentationLoss:
+    """Builds a loss by name: `ce`, `weighted_ce`, `dice`, `focal` or `ce+dice`.
+
+    Args:
+      name: one of `LOSSES`.
+      class_weights: one weight per category (length `NUM_CATEGORIES`); required by
+        `weighted_ce`, also used by `focal` (as alpha) and `ce+dice` (on the CE term).
+      ignore_class: a category whose pixels are left out (the trainer passes void).
+
+    Raises:
+      ValueError: for an unknown name, missing or wrongly sized class weights.
+    """
+    if class_weights is not None and len(class_weights) != V.NUM_CATEGORIES:
+        raise ValueError(f"class weights need {V.NUM_CATEGORIES} values, got {len(class_weights)}")
+    return SegmentationLoss(name, class_weights=class_weights, ignore_class=ignore_class)
