@@ -1,0 +1,493 @@
+"""Beam job: raw Cityscapes tree -> sharded TFRecords + manifest + stats + rejects.
+
+  cityseg-preprocess --input-root RAW --output-dir DATA [--splits train,val,test]
+      [--cities a,b] [--image-size 512x1024|native] [--num-shards N] [--max-pixels N]
+      [Beam pipeline options, e.g. --runner DataflowRunner --setup_file ./setup.py]
+
+The per-record work lives in preprocessing/records.py; this module wires it into named Beam
+stages. Determinism: each image goes to shard crc32(id) % N, each shard is written by one
+worker in image-id order, so a re-run on the same input writes the same bytes to the same files.
+Encoded examples are staged as one small file each and only their paths cross the shuffle, so
+memory stays flat (even on the DirectRunner, which buffers every shuffle in memory).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import logging
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import apache_beam as beam
+import tensorflow as tf
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+
+from cityseg import cli
+from cityseg import images as image_checks
+from cityseg import vocabulary as vocab
+from preprocessing import records
+
+PROG = "cityseg-preprocess"
+METRICS_NAMESPACE = "cityseg.preprocess"
+REJECTED = "rejected"
+# What the CLI adds on the DirectRunner when the user chose no running mode: one worker
+# process per core. Decoding/encoding PNGs is CPU-bound per image, and processes also keep
+# Python's per-record glue off a shared GIL (see docs/preprocessing.md for the measurements).
+FAST_DIRECT_FLAGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
+# Worker processes log at INFO by default: every gRPC channel they open. Keep their own
+# chatter at WARNING and this package's progress lines at INFO, unless the user chose.
+QUIET_WORKER_FLAGS = ("--default_sdk_harness_log_level=WARNING",
+                      '--sdk_harness_log_level_overrides={"preprocessing": "INFO"}')
+PROGRESS_EVERY = 50
+
+EPILOG = """\
+examples:
+  # the default: all splits, 512x1024 records, one worker process per core
+  cityseg-preprocess --input-root raw --output-dir data
+
+  # native resolution, two cities, a fixed shard count
+  cityseg-preprocess --input-root raw --output-dir data --image-size native \\
+      --cities aachen,bremen --num-shards 4
+
+  # on Dataflow (any Beam runner takes its standard pipeline options)
+  cityseg-preprocess --input-root gs://b/raw --output-dir gs://b/data \\
+      --runner DataflowRunner --project P --region europe-west1 \\
+      --temp_location gs://b/tmp --setup_file ./setup.py
+
+Outputs: DATA/tfrecords/{split}/*.tfrecord, DATA/manifest.jsonl, DATA/stats.json,
+DATA/rejected.jsonl. Exit status 2 if nothing was found or every input was rejected.
+"""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """One preprocessing run (the job's own flags; Beam's options travel separately)."""
+
+    input_root: str
+    output_dir: str
+    splits: tuple[str, ...] = vocab.SPLITS
+    cities: tuple[str, ...] | None = None
+    image_size: tuple[int, int] | None = records.DEFAULT_IMAGE_SIZE  # None: native
+    num_shards: int | None = None  # None: records.auto_num_shards per split
+    max_pixels: int = image_checks.DEFAULT_MAX_PIXELS
+
+    def __post_init__(self):
+        if not self.splits:
+            raise cli.CliError("--splits is empty")
+        unknown = [s for s in self.splits if s not in vocab.SPLITS]
+        if unknown:
+            raise cli.CliError(
+                f"unknown split {unknown[0]!r} (expected some of {','.join(vocab.SPLITS)})")
+        if self.num_shards is not None and self.num_shards < 1:
+            raise cli.CliError(f"--num-shards must be at least 1, not {self.num_shards}")
+        if self.max_pixels < 1:
+            raise cli.CliError(f"--max-pixels must be positive, not {self.max_pixels}")
+
+
+@dataclass(frozen=True)
+class Staged:
+    """An accepted pair whose serialised example waits in a staging file for its shard."""
+
+    split: str
+    image_id: str
+    shard: int
+    path: str
+    manifest: dict
+    category_pixels: tuple[int, ...]
+
+
+# --- Stages -------------------------------------------------------------------------------
+
+class EncodePairFn(beam.DoFn):
+    """Pair -> Staged example (main output) or Reject (tagged `rejected`)."""
+
+    def __init__(self, input_root: str, image_size: tuple[int, int] | None, max_pixels: int,
+                 staging_dir: str, num_shards: dict[str, int]):
+        self._input_root = input_root
+        self._image_size = image_size
+        self._max_pixels = max_pixels
+        self._staging_dir = staging_dir
+        self._num_shards = num_shards
+
+    def setup(self):
+        self._accepted = {split: Metrics.counter(METRICS_NAMESPACE, f"accepted_{split}")
+                          for split in vocab.SPLITS}
+        self._rejected = {reason: Metrics.counter(METRICS_NAMESPACE, f"rejected_{reason}")
+                          for reason in records.REASONS}
+        self._seen = 0
+
+    def process(self, pair: records.Pair):
+        self._seen += 1
+        if self._seen % PROGRESS_EVERY == 0:
+            logging.info("worker %d: %d pairs processed", os.getpid(), self._seen)
+        try:
+            encoded = records.encode_pair(self._input_root, pair, self._image_size,
+                                          self._max_pixels)
+        except records.RejectedInput as err:
+            self._rejected[err.reason].inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, err.to_reject(pair))
+            return
+        staged = posixpath.join(self._staging_dir, pair.split, f"{pair.image_id}.example")
+        records.write_atomically(staged, [encoded.example])
+        self._accepted[pair.split].inc()
+        yield Staged(pair.split, pair.image_id,
+                     records.shard_for(pair.image_id, self._num_shards[pair.split]),
+                     staged, encoded.manifest, encoded.category_pixels)
+
+
+class EncodePairs(beam.PTransform):
+    """Pairs -> {"encoded": Staged, "rejected": Reject}: validate, decode, remap, resize, encode."""
+
+    def __init__(self, config: PreprocessConfig, staging_dir: str, num_shards: dict[str, int]):
+        super().__init__()
+        self._fn = EncodePairFn(config.input_root, config.image_size, config.max_pixels,
+                                staging_dir, num_shards)
+
+    def expand(self, pairs):
+        return pairs | "EncodePair" >> beam.ParDo(self._fn).with_outputs(REJECTED, main="encoded")
+
+
+class WriteShardFn(beam.DoFn):
+    """((split, shard), staged) -> one TFRecord file, records in image-id order."""
+
+    def __init__(self, output_dir: str, num_shards: dict[str, int]):
+        self._output_dir = output_dir
+        self._num_shards = num_shards
+
+    def setup(self):
+        self._shards = Metrics.counter(METRICS_NAMESPACE, "shards_written")
+
+    def process(self, keyed):
+        (split, shard), items = keyed
+        ordered = sorted(items)  # (image_id, staging path): sorting by id fixes the bytes
+        path = records.shard_path(self._output_dir, split, shard, self._num_shards[split])
+        count = records.write_shard(path, (_read_bytes(staged) for _, staged in ordered))
+        self._shards.inc()
+        yield split, shard, count
+
+
+class WriteShards(beam.PTransform):
+    """Staged examples -> DATA/tfrecords/{split}/{split}-SSSSS-of-NNNNN.tfrecord.
+
+    Only (image id, staging path) crosses the shuffle, so a shard's group is a list of names.
+    """
+
+    def __init__(self, output_dir: str, num_shards: dict[str, int]):
+        super().__init__()
+        self._output_dir = output_dir
+        self._num_shards = num_shards
+
+    def expand(self, staged):
+        return (staged
+                | "KeyByShard" >> beam.Map(lambda s: ((s.split, s.shard), (s.image_id, s.path)))
+                | "GroupByShard" >> beam.GroupByKey()
+                | "WriteShard" >> beam.ParDo(WriteShardFn(self._output_dir, self._num_shards)))
+
+
+class SplitStatsFn(beam.CombineFn):
+    """Adds up images and per-category pixels of one split."""
+
+    def create_accumulator(self):
+        return records.split_stats(())
+
+    def add_input(self, accumulator, category_pixels):
+        return records.merge_split_stats([accumulator, records.split_stats([category_pixels])])
+
+    def merge_accumulators(self, accumulators):
+        return records.merge_split_stats(accumulators)
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+class WriteStats(beam.PTransform):
+    """Staged examples -> DATA/stats.json (per split counts, class weights from train)."""
+
+    def __init__(self, config: PreprocessConfig):
+        super().__init__()
+        self._config = config
+
+    def expand(self, staged):
+        return (staged
+                | "SplitAndPixels" >> beam.Map(lambda s: (s.split, s.category_pixels))
+                | "SumPerSplit" >> beam.CombinePerKey(SplitStatsFn())
+                | "Collect" >> beam.combiners.ToDict()
+                | "WriteStatsJson" >> beam.Map(write_stats, self._config))
+
+
+class WriteSortedJsonLines(beam.PTransform):
+    """Small rows -> one JSON-lines file sorted by `key`, merged with the earlier run's file
+    for splits this run did not touch."""
+
+    def __init__(self, path: str, splits: Sequence[str], key_fields: Sequence[str]):
+        super().__init__()
+        self._path = path
+        self._splits = tuple(splits)
+        self._key_fields = tuple(key_fields)
+
+    def expand(self, rows):
+        return (rows
+                | "Collect" >> beam.combiners.ToList()
+                | "Write" >> beam.Map(write_jsonl, self._path, self._splits, self._key_fields))
+
+
+def _count_discovery_reject(reject: records.Reject) -> records.Reject:
+    Metrics.counter(METRICS_NAMESPACE, f"rejected_{reject.reason}").inc()
+    return reject
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig,
+                   pairs: Sequence[records.Pair], rejects: Sequence[records.Reject],
+                   num_shards: dict[str, int], staging_dir: str) -> None:
+    """Adds the job's stages to `pipeline` (discovery already ran on the launcher)."""
+    out = config.output_dir
+    encoded = (pipeline
+               | "CreatePairs" >> beam.Create(list(pairs))
+               | "EncodePairs" >> EncodePairs(config, staging_dir, num_shards))
+    staged = encoded["encoded"]
+    discovery_rejects = (pipeline
+                         | "CreateDiscoveryRejects" >> beam.Create(list(rejects))
+                         | "CountDiscoveryRejects" >> beam.Map(_count_discovery_reject))
+    _ = staged | "WriteShards" >> WriteShards(out, num_shards)
+    _ = staged | "WriteStats" >> WriteStats(config)
+    _ = (staged
+         | "ManifestRows" >> beam.Map(lambda s: s.manifest)
+         | "WriteManifest" >> WriteSortedJsonLines(
+             posixpath.join(out, vocab.MANIFEST_FILE), config.splits, ("split", "image_id")))
+    _ = ((encoded[REJECTED], discovery_rejects)
+         | "AllRejects" >> beam.Flatten()
+         | "RejectRows" >> beam.Map(lambda r: r.to_json())
+         | "WriteRejects" >> WriteSortedJsonLines(
+             posixpath.join(out, vocab.REJECTED_FILE), config.splits, ("path", "reason")))
+
+
+# --- Output files ---------------------------------------------------------------------------
+
+def write_jsonl(rows: Iterable[dict], path: str, splits: Sequence[str],
+                key_fields: Sequence[str]) -> str:
+    """Writes rows merged with the earlier file's other splits, sorted, atomically."""
+    merged = records.merge_jsonl(
+        path, rows, splits, sort_key=lambda row: tuple(str(row.get(k)) for k in key_fields))
+    records.write_atomically(path, [records.dumps_jsonl(merged)])
+    return path
+
+
+def write_stats(per_split: dict[str, dict], config: PreprocessConfig) -> str:
+    """Writes stats.json: this run's splits (zero for a split with no image) plus the earlier
+    file's other splits; class weights come from whichever train counts result."""
+    path = posixpath.join(config.output_dir, vocab.STATS_FILE)
+    splits = {}
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path, "r") as handle:
+            splits = json.load(handle).get("splits", {})
+    for split in config.splits:
+        splits[split] = per_split.get(split, records.split_stats(()))
+    document = records.stats_document(splits, config.image_size)
+    records.write_atomically(path, [(json.dumps(document, indent=2, sort_keys=True) + "\n")
+                                    .encode("utf-8")])
+    return path
+
+
+def _read_bytes(path: str) -> bytes:
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        return handle.read()
+
+
+def finalize_shards(output_dir: str, num_shards: dict[str, int]) -> list[str]:
+    """After every shard of the run is written: creates the empty shards that no image hashed
+    to (so the set `-of-N` is complete) and deletes the shards of an earlier run with another
+    count. Only the splits of this run are touched.
+
+    Returns:
+      the removed stale paths.
+    """
+    removed = []
+    for split, count in sorted(num_shards.items()):
+        for index in range(count):
+            path = records.shard_path(output_dir, split, index, count)
+            if not tf.io.gfile.exists(path):
+                records.write_shard(path, ())
+        removed += records.remove_stale_shards(output_dir, split, count)
+    return removed
+
+
+# --- Command line ---------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=cli.HelpFormatter, epilog=EPILOG,
+        description="Turns a raw Cityscapes tree into sharded TFRecords (Apache Beam job). "
+                    "Flags not listed here are Beam pipeline options.")
+    parser.add_argument("--input-root", required=True,
+                        help="raw Cityscapes root holding leftImg8bit/ and gtFine/")
+    parser.add_argument("--output-dir", required=True, help="DATA directory to write")
+    parser.add_argument("--splits", default=",".join(vocab.SPLITS), type=_csv,
+                        help="comma-separated splits")
+    parser.add_argument("--cities", default=None, type=_csv,
+                        help="comma-separated city folders (default: all)")
+    parser.add_argument("--image-size", default="x".join(map(str, records.DEFAULT_IMAGE_SIZE)),
+                        type=_image_size,
+                        help="HxW of the records (half Cityscapes resolution is what the "
+                             "trainers read), or 'native' to keep each image's size")
+    parser.add_argument("--num-shards", type=int, default=None,
+                        help=f"shards per split (default: one per {records.IMAGES_PER_SHARD} "
+                             "images, at least 1)")
+    parser.add_argument("--max-pixels", type=int, default=image_checks.DEFAULT_MAX_PIXELS,
+                        help="reject images whose header claims more pixels (checked before "
+                             "decoding)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _image_size(text: str) -> tuple[int, int] | None:
+    return None if text.lower() == "native" else cli.parse_size(text)
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+    """Builds the run's config; local paths become absolute so that worker processes find them."""
+    def place(path: str) -> str:
+        return path if _is_remote(path) else os.path.abspath(path)
+
+    return PreprocessConfig(
+        input_root=place(args.input_root), output_dir=place(args.output_dir),
+        splits=args.splits, cities=args.cities or None, image_size=args.image_size,
+        num_shards=args.num_shards, max_pixels=args.max_pixels)
+
+
+def beam_flags(beam_args: Sequence[str], own_flags: Iterable[str]) -> list[str]:
+    """Beam's flags, plus the fast DirectRunner defaults when the user chose no running mode.
+
+    Raises:
+      CliError: for one of our flags misspelt with underscores (e.g. --num_shards), which Beam
+        would otherwise swallow with only a warning.
+    """
+    own = {flag.lstrip("-").replace("-", "_"): flag for flag in own_flags}
+    for arg in beam_args:
+        name = arg.split("=", 1)[0].lstrip("-")
+        if arg.startswith("--") and name in own and "--" + name != own[name]:
+            raise cli.CliError(f"unrecognized argument --{name} (did you mean {own[name]}?)")
+    flags = list(beam_args)
+    runner = PipelineOptions(flags).view_as(StandardOptions).runner
+    direct = runner is None or runner.split(".")[-1] in ("DirectRunner", "direct")
+    chose_mode = any(a.startswith(("--direct_running_mode", "--direct_num_workers"))
+                     for a in flags)
+    if direct and not chose_mode:
+        flags += FAST_DIRECT_FLAGS
+    if not any(a.startswith(("--default_sdk_harness_log_level",
+                             "--sdk_harness_log_level_overrides")) for a in flags):
+        flags += QUIET_WORKER_FLAGS
+    return flags
+
+
+@dataclass
+class Summary:
+    """What a run produced (printed at the end, returned to callers and tests)."""
+
+    output_dir: str
+    accepted: dict[str, int]
+    rejected: dict[str, int]
+    num_shards: dict[str, int]
+    removed_stale: list[str] = dataclasses.field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        accepted = ", ".join(f"{s} {n}" for s, n in self.accepted.items())
+        shards = ", ".join(f"{s} {n}" for s, n in self.num_shards.items())
+        rejected = ", ".join(f"{r} {n}" for r, n in sorted(self.rejected.items())) or "none"
+        return [f"{PROG}: wrote {self.output_dir}",
+                f"  accepted: {accepted} (shards: {shards})",
+                f"  rejected: {sum(self.rejected.values())} ({rejected}) -> "
+                f"{posixpath.join(self.output_dir, vocab.REJECTED_FILE)}"]
+
+
+def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> Summary:
+    """Runs the job: discovery on the launcher, then the Beam pipeline, then shard clean-up.
+
+    Returns:
+      the run's Summary (also printed).
+
+    Raises:
+      CliError: no input found, or every input rejected (rejected.jsonl is written first).
+    """
+    parser = _parser()
+    args, beam_args = parser.parse_known_args(argv)
+    cli.setup_logging(args.verbose)
+    config = config_from_args(args)
+    own_flags = [flag for action in parser._actions for flag in action.option_strings]
+    options = PipelineOptions(beam_flags(beam_args, own_flags))
+    options.view_as(SetupOptions).save_main_session = save_main_session
+
+    if not tf.io.gfile.isdir(config.input_root):
+        raise cli.CliError(f"--input-root {config.input_root} is not a directory")
+    pairs, rejects = records.discover(config.input_root, config.splits, config.cities)
+    logging.info("found %d image/label pairs and %d bad names under %s",
+                 len(pairs), len(rejects), config.input_root)
+    rejected_path = posixpath.join(config.output_dir, vocab.REJECTED_FILE)
+    if not pairs and not rejects:
+        write_jsonl((), rejected_path, config.splits, ("path", "reason"))
+        cities = f" for cities {','.join(config.cities)}" if config.cities else ""
+        raise cli.CliError(
+            f"no input found under {config.input_root} for splits {','.join(config.splits)}"
+            f"{cities} (expected {vocab.IMAGE_DIR}/SPLIT/CITY/*{vocab.IMAGE_SUFFIX})")
+
+    per_split = collections.Counter(pair.split for pair in pairs)
+    num_shards = {split: config.num_shards or records.auto_num_shards(per_split[split])
+                  for split in config.splits}
+    staging_dir = posixpath.join(config.output_dir, f".staging-{uuid.uuid4().hex}")
+    try:
+        with beam.Pipeline(options=options) as pipeline:
+            build_pipeline(pipeline, config, pairs, rejects, num_shards, staging_dir)
+    finally:
+        if tf.io.gfile.exists(staging_dir):
+            tf.io.gfile.rmtree(staging_dir)
+    removed = finalize_shards(config.output_dir, num_shards)
+    for path in removed:
+        logging.info("removed stale %s", path)
+
+    summary = _summarise(config, num_shards, removed)
+    for line in summary.lines():
+        print(line)
+    if not sum(summary.accepted.values()):
+        raise cli.CliError(
+            f"all {sum(summary.rejected.values())} inputs were rejected; reasons in "
+            f"{rejected_path}")
+    return summary
+
+
+def _summarise(config: PreprocessConfig, num_shards: dict[str, int],
+               removed: list[str]) -> Summary:
+    with tf.io.gfile.GFile(posixpath.join(config.output_dir, vocab.STATS_FILE)) as f:
+        splits = json.load(f)["splits"]
+    rows = records.read_jsonl(posixpath.join(config.output_dir, vocab.REJECTED_FILE))
+    reasons = collections.Counter(row["reason"] for row in rows if row["split"] in config.splits)
+    return Summary(config.output_dir,
+                   {split: splits[split]["images"] for split in config.splits},
+                   dict(reasons), num_shards, removed)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    run(argv)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script `cityseg-preprocess`."""
+    return cli.run_cli(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.INFO)
+    raise SystemExit(main())

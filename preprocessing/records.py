@@ -1,0 +1,535 @@
+"""Per-record work of `cityseg-preprocess`: discover, validate, decode, remap, resize, encode.
+
+Every function here handles one file, one pair or one shard and knows nothing about Beam, so it
+is tested with plain pytest and reused as is by the Beam transforms in preprocessing/pipeline.py
+and by benchmarks/preprocess_bench.py. Expected problems with one input raise `RejectedInput`
+with a reason from `REASONS`; the pipeline turns that into a dead-letter line.
+
+File access goes through `tf.io.gfile` so that the same code reads and writes local paths and
+`gs://` buckets when the job runs on Dataflow.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import posixpath
+import zlib
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from cityseg import images as image_checks
+from cityseg import vocabulary as vocab
+from training import ops
+
+# Half the Cityscapes resolution (2048x1024): what the trainers read by default.
+DEFAULT_IMAGE_SIZE: tuple[int, int] = (512, 1024)
+# ~100 images per shard is ~80-100 MB of PNG at 512x1024, inside the 10 MB..1 GB range that
+# keeps tf.data reads sequential and still gives the trainers enough files to interleave.
+IMAGES_PER_SHARD = 100
+
+# --- Reasons an input is rejected (dead-letter `reason`, one Beam counter each) -----------
+BAD_FILENAME = "bad_filename"
+IMAGE_WITHOUT_LABEL = "image_without_label"
+LABEL_WITHOUT_IMAGE = "label_without_image"
+UNREADABLE = "unreadable_file"
+EMPTY_FILE = "empty_file"
+CORRUPT_PNG = "corrupt_png"
+OVER_PIXEL_BUDGET = "over_pixel_budget"
+SIZE_MISMATCH = "size_mismatch"
+BAD_LABEL_FORMAT = "bad_label_format"
+UNKNOWN_LABEL_IDS = "unknown_label_ids"
+REASONS: tuple[str, ...] = (
+    BAD_FILENAME, IMAGE_WITHOUT_LABEL, LABEL_WITHOUT_IMAGE, UNREADABLE, EMPTY_FILE,
+    CORRUPT_PNG, OVER_PIXEL_BUDGET, SIZE_MISMATCH, BAD_LABEL_FORMAT, UNKNOWN_LABEL_IDS,
+)
+
+# PNG IHDR colour type 0 = greyscale; a labelIds mask is 8-bit greyscale, anything else
+# (RGB colour masks, 16-bit, palette) would be silently reinterpreted by a decoder.
+_PNG_GREYSCALE = 0
+
+
+@dataclass(frozen=True, order=True)
+class Pair:
+    """An image and its labelIds mask found under the raw root (paths relative to it)."""
+
+    split: str
+    image_id: str
+    city: str
+    image: str
+    label: str
+
+
+@dataclass(frozen=True, order=True)
+class Reject:
+    """One rejected input: the dead-letter line written to rejected.jsonl."""
+
+    path: str
+    reason: str
+    detail: str
+    split: str = ""
+    image_id: str | None = None
+
+    def to_json(self) -> dict:
+        """The JSON object of one rejected.jsonl line."""
+        return {"path": self.path, "image_id": self.image_id, "split": self.split,
+                "reason": self.reason, "detail": self.detail}
+
+
+class RejectedInput(Exception):
+    """One input cannot become a training example; carries the dead-letter reason."""
+
+    def __init__(self, reason: str, detail: str, path: str):
+        super().__init__(f"{path}: {reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.path = path
+
+    def to_reject(self, pair: Pair) -> Reject:
+        """The dead-letter record for `pair`."""
+        return Reject(self.path, self.reason, self.detail, pair.split, pair.image_id)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One accepted pair: the serialised tf.train.Example plus what the summaries need."""
+
+    split: str
+    image_id: str
+    example: bytes
+    manifest: dict
+    category_pixels: tuple[int, ...]
+
+
+# --- Discovery ------------------------------------------------------------------------------
+
+def discover(input_root: str, splits: Sequence[str], cities: Sequence[str] | None = None,
+             ) -> tuple[list[Pair], list[Reject]]:
+    """Lists the raw tree and pairs each camera image with its labelIds mask.
+
+    Only names are listed (no file is opened), so this runs on the launching machine even for
+    the full data set, and its count sizes the shards before the pipeline starts.
+
+    Args:
+      input_root: the Cityscapes root holding leftImg8bit/ and gtFine/.
+      splits: splits to read.
+      cities: if given, only these city folders.
+
+    Returns:
+      (pairs, rejects), both sorted: rejects are the names that do not parse and the images
+      or masks that have no partner.
+    """
+    pairs: list[Pair] = []
+    rejects: list[Reject] = []
+    wanted = set(cities) if cities else None
+    for split in splits:
+        images = _list_split(input_root, vocab.IMAGE_DIR, split, wanted)
+        # gtFine also holds *_color.png, *_instanceIds.png and *_polygons.json: only the
+        # labelIds masks are ours to read.
+        labels = [rel for rel in _list_split(input_root, vocab.LABEL_DIR, split, wanted)
+                  if rel.endswith(vocab.LABEL_SUFFIX)]
+        split_pairs, split_rejects = pair_files(split, images, labels)
+        pairs += split_pairs
+        rejects += split_rejects
+    return sorted(pairs), sorted(rejects)
+
+
+def pair_files(split: str, images: Iterable[str], labels: Iterable[str],
+               ) -> tuple[list[Pair], list[Reject]]:
+    """Pairs image and label paths (relative to the raw root) of one split by image id.
+
+    Returns:
+      (pairs, rejects) sorted; a name whose id does not parse, or whose city is not its
+      folder's, is `bad_filename`; an unmatched file is `image_without_label` or
+      `label_without_image`.
+    """
+    rejects: list[Reject] = []
+    found: list[dict[str, str]] = []
+    for paths, suffix in ((images, vocab.IMAGE_SUFFIX), (labels, vocab.LABEL_SUFFIX)):
+        by_id: dict[str, str] = {}
+        for rel in paths:
+            try:
+                image_id = _id_of(rel, suffix)
+            except vocab.InvalidImageIdError as err:
+                rejects.append(Reject(rel, BAD_FILENAME, str(err), split))
+                continue
+            by_id[str(image_id)] = rel
+        found.append(by_id)
+    image_by_id, label_by_id = found
+    pairs = []
+    for image_id, image in image_by_id.items():
+        label = label_by_id.get(image_id)
+        if label is None:
+            rejects.append(Reject(image, IMAGE_WITHOUT_LABEL,
+                                  f"no {vocab.LABEL_DIR}/.../{image_id}{vocab.LABEL_SUFFIX}",
+                                  split, image_id))
+        else:
+            city = vocab.parse_image_id(image_id).city
+            pairs.append(Pair(split, image_id, city, image, label))
+    for image_id in label_by_id.keys() - image_by_id.keys():
+        rejects.append(Reject(label_by_id[image_id], LABEL_WITHOUT_IMAGE,
+                              f"no {vocab.IMAGE_DIR}/.../{image_id}{vocab.IMAGE_SUFFIX}",
+                              split, image_id))
+    return sorted(pairs), sorted(rejects)
+
+
+def _list_split(root: str, kind: str, split: str, cities: set[str] | None) -> list[str]:
+    """Paths (relative to root) of the files in `root/kind/split/<city>/`."""
+    base = posixpath.join(root, kind, split)
+    if not tf.io.gfile.isdir(base):
+        return []
+    out = []
+    for city in sorted(tf.io.gfile.listdir(base)):
+        city = city.rstrip("/")
+        if cities is not None and city not in cities:
+            continue
+        city_dir = posixpath.join(base, city)
+        if not tf.io.gfile.isdir(city_dir):
+            continue
+        for name in sorted(tf.io.gfile.listdir(city_dir)):
+            if not name.endswith("/"):
+                out.append(posixpath.join(kind, split, city, name))
+    return out
+
+
+def _id_of(rel: str, suffix: str) -> vocab.ImageId:
+    folder, name = posixpath.split(rel)
+    image_id = vocab.id_from_filename(name, suffix)
+    if image_id.city != posixpath.basename(folder):
+        raise vocab.InvalidImageIdError(
+            f"city {image_id.city!r} of {name} is not its folder {posixpath.basename(folder)!r}")
+    return image_id
+
+
+# --- One pair -------------------------------------------------------------------------------
+
+def read_png(input_root: str, rel: str, max_pixels: int) -> tuple[bytes, int, int]:
+    """Reads a PNG and checks its header (size, pixel budget) before anything decodes it.
+
+    Returns:
+      (data, height, width).
+
+    Raises:
+      RejectedInput: unreadable, empty, not a PNG, truncated header, or over `max_pixels`.
+    """
+    try:
+        with tf.io.gfile.GFile(posixpath.join(input_root, rel), "rb") as handle:
+            data = handle.read()
+    except (OSError, tf.errors.OpError) as err:
+        raise RejectedInput(UNREADABLE, _one_line(err), rel) from None
+    if not data:
+        raise RejectedInput(EMPTY_FILE, "file is empty", rel)
+    if image_checks.sniff_format(data) != "png":
+        raise RejectedInput(CORRUPT_PNG, "not a PNG file", rel)
+    try:
+        image_checks.image_size(data)
+    except image_checks.ImageHeaderError as err:
+        raise RejectedInput(CORRUPT_PNG, str(err), rel) from None
+    try:
+        height, width = image_checks.check_pixel_budget(data, max_pixels)
+    except image_checks.ImageHeaderError as err:
+        raise RejectedInput(OVER_PIXEL_BUDGET, str(err), rel) from None
+    return data, height, width
+
+
+def load_pair(input_root: str, pair: Pair, max_pixels: int = image_checks.DEFAULT_MAX_PIXELS,
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Reads, validates and decodes one pair.
+
+    Sizes and formats are checked on the headers first, so a mismatched or oversized pair is
+    rejected without decoding a pixel.
+
+    Returns:
+      (image uint8 [H, W, 3], label ids uint8 [H, W]).
+
+    Raises:
+      RejectedInput: with the reason the pair cannot be used.
+    """
+    image_data, height, width = read_png(input_root, pair.image, max_pixels)
+    label_data, label_height, label_width = read_png(input_root, pair.label, max_pixels)
+    if (label_height, label_width) != (height, width):
+        raise RejectedInput(
+            SIZE_MISMATCH,
+            f"image is {height}x{width} but its label is {label_height}x{label_width}",
+            pair.image)
+    bit_depth, colour_type = label_data[24], label_data[25]
+    if (bit_depth, colour_type) != (8, _PNG_GREYSCALE):
+        raise RejectedInput(
+            BAD_LABEL_FORMAT,
+            f"labelIds must be an 8-bit greyscale PNG (bit depth {bit_depth}, "
+            f"colour type {colour_type})", pair.label)
+    image = _decode(image_data, 3, pair.image)
+    label = _decode(label_data, 1, pair.label)[..., 0]
+    return image, label
+
+
+def _decode(data: bytes, channels: int, rel: str) -> np.ndarray:
+    try:
+        return tf.io.decode_png(data, channels=channels, dtype=tf.uint8).numpy()
+    except tf.errors.InvalidArgumentError as err:
+        raise RejectedInput(CORRUPT_PNG, _one_line(err.message), rel) from None
+
+
+def to_category_mask(label_ids: np.ndarray, rel: str = "") -> np.ndarray:
+    """Maps a labelIds mask to category ids 0..7 (cityseg.vocabulary.remap_labels).
+
+    Raises:
+      RejectedInput: `unknown_label_ids` if a value is outside the official table; such a
+        mask is corrupt and is never mapped to a guess.
+    """
+    try:
+        return vocab.remap_labels(label_ids)
+    except vocab.InvalidLabelError as err:
+        raise RejectedInput(UNKNOWN_LABEL_IDS, str(err), rel) from None
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray, size: tuple[int, int] | None,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Resizes an image and its category mask to `size` (None keeps the native size).
+
+    The image goes through training.ops.resize_image (area when shrinking, bilinear when
+    enlarging), rounded back to uint8; the mask through resize_label (nearest, always), so
+    that records hold exactly what the training and serving graphs would compute.
+    """
+    if size is None or tuple(size) == image.shape[:2]:
+        return image, mask
+    resized = ops.resize_image(tf.convert_to_tensor(image), size)
+    resized = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
+    return resized, ops.resize_label(tf.convert_to_tensor(mask), size).numpy()
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG-encodes a uint8 [H, W] or [H, W, C] array (deterministic for a given array)."""
+    if array.ndim == 2:
+        array = array[..., np.newaxis]
+    return tf.io.encode_png(array).numpy()
+
+
+def to_example(pair: Pair, image_png: bytes, label_png: bytes, size: tuple[int, int],
+               original_size: tuple[int, int]) -> tf.train.Example:
+    """Builds the contract's tf.train.Example for one encoded pair."""
+    def _bytes(value: bytes) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def _int(value: int) -> tf.train.Feature:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        vocab.FEATURE_ID: _bytes(pair.image_id.encode()),
+        vocab.FEATURE_CITY: _bytes(pair.city.encode()),
+        vocab.FEATURE_SPLIT: _bytes(pair.split.encode()),
+        vocab.FEATURE_IMAGE: _bytes(image_png),
+        vocab.FEATURE_LABEL: _bytes(label_png),
+        vocab.FEATURE_HEIGHT: _int(size[0]),
+        vocab.FEATURE_WIDTH: _int(size[1]),
+        vocab.FEATURE_ORIGINAL_HEIGHT: _int(original_size[0]),
+        vocab.FEATURE_ORIGINAL_WIDTH: _int(original_size[1]),
+    }))
+
+
+def manifest_row(pair: Pair, original_size: tuple[int, int]) -> dict:
+    """One manifest.jsonl line: the raw image's id, split, city, paths and size."""
+    return {"image_id": pair.image_id, "split": pair.split, "city": pair.city,
+            "image": pair.image, "label": pair.label,
+            "height": int(original_size[0]), "width": int(original_size[1])}
+
+
+def encode_pair(input_root: str, pair: Pair, image_size: tuple[int, int] | None,
+                max_pixels: int = image_checks.DEFAULT_MAX_PIXELS) -> Encoded:
+    """The whole per-pair work: load, validate, remap, resize, PNG-encode, serialise.
+
+    Raises:
+      RejectedInput: with the reason the pair cannot be used.
+    """
+    image, label_ids = load_pair(input_root, pair, max_pixels)
+    original_size = image.shape[:2]
+    mask = to_category_mask(label_ids, pair.label)
+    image, mask = resize_pair(image, mask, image_size)
+    example = to_example(pair, encode_png(image), encode_png(mask), image.shape[:2],
+                         original_size)
+    counts = np.bincount(mask.ravel(), minlength=vocab.NUM_CATEGORIES)
+    return Encoded(
+        split=pair.split, image_id=pair.image_id,
+        # Deterministic serialisation orders the feature map, so reruns are byte-identical.
+        example=example.SerializeToString(deterministic=True),
+        manifest=manifest_row(pair, original_size),
+        category_pixels=tuple(int(c) for c in counts))
+
+
+# --- Shards ---------------------------------------------------------------------------------
+
+def shard_for(image_id: str, num_shards: int) -> int:
+    """The shard of an image: a stable hash of its id (crc32), never Python's salted hash()."""
+    return zlib.crc32(image_id.encode("utf-8")) % num_shards
+
+
+def auto_num_shards(num_images: int) -> int:
+    """Default shard count of a split: one per IMAGES_PER_SHARD images, at least 1."""
+    return max(1, math.ceil(num_images / IMAGES_PER_SHARD))
+
+
+def shard_path(output_dir: str, split: str, index: int, num_shards: int) -> str:
+    """DATA/tfrecords/{split}/{split}-00000-of-000NN.tfrecord."""
+    return posixpath.join(output_dir, vocab.TFRECORDS_DIR, split,
+                          vocab.shard_name(split, index, num_shards))
+
+
+def write_atomically(path: str, chunks: Iterable[bytes]) -> None:
+    """Writes a file under a temporary name, then renames it, so no reader sees half a file."""
+    tf.io.gfile.makedirs(posixpath.dirname(path))
+    tmp = _temp_name(path)
+    with tf.io.gfile.GFile(tmp, "wb") as handle:
+        for chunk in chunks:
+            handle.write(chunk)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def write_shard(path: str, records: Iterable[bytes]) -> int:
+    """Writes serialised examples, in the given order, as one TFRecord file (atomically).
+
+    Returns:
+      the number of records written.
+    """
+    tf.io.gfile.makedirs(posixpath.dirname(path))
+    tmp = _temp_name(path)
+    count = 0
+    with tf.io.TFRecordWriter(tmp) as writer:
+        for record in records:
+            writer.write(record)
+            count += 1
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+    return count
+
+
+def _temp_name(path: str) -> str:
+    folder, name = posixpath.split(path)
+    return posixpath.join(folder, f".{name}.tmp")
+
+
+def remove_stale_shards(output_dir: str, split: str, num_shards: int) -> list[str]:
+    """Deletes the shards of `split` that are not part of a `num_shards` set (an earlier
+    run with another count) and leftover temporary files.
+
+    Returns:
+      the removed paths.
+    """
+    folder = posixpath.join(output_dir, vocab.TFRECORDS_DIR, split)
+    if not tf.io.gfile.isdir(folder):
+        return []
+    keep = {vocab.shard_name(split, i, num_shards) for i in range(num_shards)}
+    pattern = vocab.SHARD_GLOB.format(split=split)
+    removed = []
+    for name in sorted(tf.io.gfile.listdir(folder)):
+        stale_shard = name not in keep and fnmatch.fnmatchcase(name, pattern)
+        leftover_temp = name.startswith(".") and name.endswith(".tmp")
+        if stale_shard or leftover_temp:
+            tf.io.gfile.remove(posixpath.join(folder, name))
+            removed.append(posixpath.join(folder, name))
+    return removed
+
+
+# --- Summaries ------------------------------------------------------------------------------
+
+def class_weights(category_pixels: Sequence[int], category_image_pixels: Sequence[int],
+                  ) -> list[float]:
+    """Median-frequency class weights (Eigen & Fergus, 2015) from training-set counts.
+
+    freq(c) = pixels of c / pixels of the images in which c appears, and
+    weight(c) = median(freq) / freq(c): the median category weighs 1, rare ones (human,
+    object) more, dominant ones (flat, construction) less. A category absent from the
+    training set gets 0 (nothing to learn from it), and the median is taken over the present
+    ones.
+    """
+    pixels = np.asarray(category_pixels, dtype=np.float64)
+    image_pixels = np.asarray(category_image_pixels, dtype=np.float64)
+    present = (pixels > 0) & (image_pixels > 0)
+    if not present.any():
+        return [0.0] * len(pixels)
+    freq = np.zeros_like(pixels)
+    freq[present] = pixels[present] / image_pixels[present]
+    median = float(np.median(freq[present]))
+    weights = np.zeros_like(pixels)
+    weights[present] = median / freq[present]
+    return [round(float(w), 6) for w in weights]
+
+
+CLASS_WEIGHTS_METHOD = "median_frequency"
+
+
+def split_stats(category_pixels: Iterable[Sequence[int]]) -> dict:
+    """Sums image and per-category pixel counts of one split (the Beam combine adds these up).
+
+    Args:
+      category_pixels: one count vector [NUM_CATEGORIES] per accepted image.
+
+    Returns:
+      {"images", "category_pixels", "category_image_pixels"}; the last is, per category, the
+      pixels of the images in which it appears (the median-frequency denominator).
+    """
+    stats = {"images": 0, "category_pixels": [0] * vocab.NUM_CATEGORIES,
+             "category_image_pixels": [0] * vocab.NUM_CATEGORIES}
+    for counts in category_pixels:
+        stats["images"] += 1
+        total = int(sum(counts))
+        for c, count in enumerate(counts):
+            stats["category_pixels"][c] += int(count)
+            if count:
+                stats["category_image_pixels"][c] += total
+    return stats
+
+
+def merge_split_stats(parts: Iterable[dict]) -> dict:
+    """Adds up partial split stats."""
+    out = split_stats(())
+    for part in parts:
+        out["images"] += part["images"]
+        for key in ("category_pixels", "category_image_pixels"):
+            out[key] = [a + b for a, b in zip(out[key], part[key])]
+    return out
+
+
+def stats_document(splits: dict[str, dict], image_size: tuple[int, int] | None) -> dict:
+    """The stats.json document: per-split counts and class weights derived from train."""
+    train = splits.get("train")
+    weights = (class_weights(train["category_pixels"], train["category_image_pixels"])
+               if train and train["images"] else None)
+    return {
+        "categories": list(vocab.CATEGORIES),
+        "image_size": list(image_size) if image_size else "native",
+        "splits": {name: splits[name] for name in sorted(splits)},
+        "class_weights": weights,
+        "class_weights_method": CLASS_WEIGHTS_METHOD,
+        "class_weights_split": "train",
+    }
+
+
+def dumps_jsonl(rows: Iterable[dict]) -> bytes:
+    """JSON lines with sorted keys, one object per line (stable bytes for stable input)."""
+    return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode("utf-8")
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """Reads a JSON-lines file; a missing file is empty."""
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path, "r") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def merge_jsonl(path: str, rows: Iterable[dict], splits: Sequence[str], sort_key) -> list[dict]:
+    """Rows of this run plus the lines of an earlier run's file for splits not re-run.
+
+    Re-running one split (say val) must not drop train from the manifest; lines of the
+    re-run splits are replaced.
+    """
+    kept = [row for row in read_jsonl(path) if row.get("split") not in set(splits)]
+    return sorted(kept + list(rows), key=sort_key)
+
+
+def _one_line(err: object) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 300 else text[:300] + "..."
+
