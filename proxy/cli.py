@@ -1,0 +1,175 @@
+"""`cityseg-proxy`: serves the image-id API and web page (gunicorn; Flask's server with --debug).
+
+    cityseg-proxy --data-dir DATA --raw-root RAW --serving localhost:8500 --model unet
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+from cityseg.cli import CliError, HelpFormatter, run_cli, setup_logging
+
+log = logging.getLogger("cityseg-proxy")
+
+PROG = "cityseg-proxy"
+# gunicorn kills a worker that stays silent this much longer than the gRPC deadline, so a slow
+# model answers 504 through the handler instead of the worker being killed mid-request.
+WORKER_TIMEOUT_MARGIN_S = 20
+
+EPILOG = """\
+examples:
+  # production: gunicorn, 2 worker processes x 8 threads, on all interfaces
+  cityseg-proxy --data-dir data --raw-root raw --serving localhost:8500 --model unet \\
+      --host 0.0.0.0 --workers 2 --threads 8
+
+  # development: Flask's server with the debugger and reloader
+  cityseg-proxy --data-dir data --raw-root raw --serving localhost:8500 --model unet --debug
+
+  # the same settings from the environment
+  CITYSEG_DATA_DIR=data CITYSEG_RAW_ROOT=raw CITYSEG_SERVING=localhost:8500 \\
+      CITYSEG_MODEL=unet cityseg-proxy
+
+then: curl localhost:5000/api/v1/images?split=val&limit=5
+      curl localhost:5000/api/v1/images/frankfurt_000000_000294/segmentation
+"""
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Everything one proxy run needs; impossible values raise at start-up."""
+
+    data_dir: str
+    raw_root: str
+    serving: str
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 5000
+    workers: int = 1
+    threads: int = 8
+    timeout_s: float = 10.0
+    max_pixels: int | None = None
+    debug: bool = False
+
+    def __post_init__(self):
+        if not 0 <= self.port < 65536:
+            raise CliError(f"--port must be 0..65535, not {self.port}")
+        if self.workers < 1 or self.threads < 1:
+            raise CliError("--workers and --threads must be at least 1")
+        if self.timeout_s <= 0:
+            raise CliError(f"--timeout must be positive, not {self.timeout_s}")
+
+    def app_config(self) -> dict:
+        """The `create_app` configuration for these settings."""
+        config = {"DATA_DIR": self.data_dir, "RAW_ROOT": self.raw_root,
+                  "SERVING": self.serving, "MODEL": self.model,
+                  "SERVING_TIMEOUT_S": self.timeout_s}
+        if self.max_pixels is not None:
+            config["MAX_PIXELS"] = self.max_pixels
+        return config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="The image-id API for the decision system, and its web page.",
+        epilog=EPILOG, formatter_class=HelpFormatter)
+    parser.add_argument("--data-dir", default=env("CITYSEG_DATA_DIR"),
+                        help="preprocessing output with manifest.jsonl (env CITYSEG_DATA_DIR)")
+    parser.add_argument("--raw-root", default=env("CITYSEG_RAW_ROOT"),
+                        help="raw Cityscapes tree the manifest points into (env CITYSEG_RAW_ROOT)")
+    parser.add_argument("--serving", default=env("CITYSEG_SERVING", "localhost:8500"),
+                        help="model server gRPC address HOST:PORT (env CITYSEG_SERVING)")
+    parser.add_argument("--model", default=env("CITYSEG_MODEL"),
+                        help="served model name (env CITYSEG_MODEL)")
+    parser.add_argument("--host", default=env("CITYSEG_HOST", "127.0.0.1"),
+                        help="interface to listen on (env CITYSEG_HOST)")
+    parser.add_argument("--port", type=int, default=int(env("CITYSEG_PORT", "5000")),
+                        help="HTTP port (env CITYSEG_PORT)")
+    parser.add_argument("--workers", type=int, default=int(env("CITYSEG_WORKERS", "1")),
+                        help="gunicorn worker processes (env CITYSEG_WORKERS)")
+    parser.add_argument("--threads", type=int, default=int(env("CITYSEG_THREADS", "8")),
+                        help="threads per worker: concurrent requests each (env CITYSEG_THREADS)")
+    parser.add_argument("--timeout", type=float, dest="timeout_s",
+                        default=float(env("CITYSEG_TIMEOUT", "10")),
+                        help="deadline of each model-server call in seconds; gunicorn's worker "
+                             f"timeout is this + {WORKER_TIMEOUT_MARGIN_S} (env CITYSEG_TIMEOUT)")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="largest upload in pixels (default: 16 Mpx)")
+    parser.add_argument("--debug", action="store_true",
+                        help="Flask's development server with debugger and reloader")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None) -> tuple[ProxyConfig, bool]:
+    """Parses flags (environment variables as defaults) into a config and the verbose flag."""
+    args = build_parser().parse_args(argv)
+    for flag in ("data_dir", "raw_root", "model"):
+        if not getattr(args, flag):
+            option = "--" + flag.replace("_", "-")
+            raise CliError(f"{option} is required (or CITYSEG_{flag.upper()})")
+    verbose = args.verbose
+    fields = {k: v for k, v in vars(args).items() if k != "verbose"}
+    return ProxyConfig(**fields), verbose
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    config, verbose = parse_config(argv)
+    setup_logging(verbose)
+    from proxy.app import create_app
+
+    # Built once here so a missing manifest or a bad address fails now, in one line, rather
+    # than in every gunicorn worker.
+    app = create_app(config.app_config())
+    log.info("serving %d image ids; model %s at %s", len(app.extensions["cityseg_resolver"]),
+             config.model, config.serving)
+    if config.debug:
+        log.info("development server on http://%s:%d/", config.host, config.port)
+        app.run(host=config.host, port=config.port, debug=True, threaded=True)
+        return 0
+    run_gunicorn(config)
+    return 0
+
+
+def run_gunicorn(config: ProxyConfig) -> None:
+    """Runs the app under gunicorn: `workers` processes x `threads` threads (gthread)."""
+    from gunicorn.app.base import BaseApplication
+
+    class ProxyApplication(BaseApplication):
+        def load_config(self):
+            options = {
+                "bind": f"{config.host}:{config.port}",
+                "workers": config.workers,
+                "threads": config.threads,
+                "worker_class": "gthread",
+                "timeout": int(config.timeout_s) + WORKER_TIMEOUT_MARGIN_S,
+                "graceful_timeout": 10,
+                "accesslog": "-",
+                "errorlog": "-",
+                "proc_name": PROG,
+                # Each worker builds its own app after the fork: gRPC channels must not be
+                # shared across fork.
+                "preload_app": False,
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            from proxy.app import create_app
+
+            return create_app(config.app_config())
+
+    log.info("gunicorn on http://%s:%d/ (%d worker(s) x %d threads)", config.host, config.port,
+             config.workers, config.threads)
+    ProxyApplication().run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

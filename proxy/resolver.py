@@ -1,0 +1,172 @@
+"""Resolves image ids to the raw Cityscapes files listed in the preprocessing manifest.
+
+The resolver is the proxy's only door to the file system, and it is built so that nothing a
+client sends can choose a path:
+
+1. an id is validated with `cityseg.vocabulary.parse_image_id` before anything else happens;
+2. a valid id is only a key into the manifest index; the paths come from the manifest, never
+   from the request;
+3. every path is resolved (`os.path.realpath`, symlinks followed) and must still lie inside the
+   raw root, so a symlink in the tree that points elsewhere is refused rather than followed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cityseg import vocabulary as V
+from proxy import masks
+
+log = logging.getLogger(__name__)
+
+
+class ImageNotFound(LookupError):
+    """A well-formed id that the manifest does not list (or whose file is unavailable)."""
+
+
+class ManifestError(ValueError):
+    """The manifest is missing or malformed: a start-up failure, reported in one line."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One manifest line: where an image and its label live, relative to the raw root."""
+
+    image_id: str
+    split: str
+    city: str
+    image: str
+    label: str | None
+    height: int
+    width: int
+
+    def summary(self) -> dict:
+        """The public fields, as listed by `GET /api/v1/images`."""
+        return {"image_id": self.image_id, "split": self.split, "city": self.city,
+                "height": self.height, "width": self.width}
+
+
+def load_manifest(path: str | os.PathLike) -> list[ImageRecord]:
+    """Reads `DATA/manifest.jsonl` into records (all splits).
+
+    Raises:
+      ManifestError: if the file is missing, a line is not JSON, a field is missing, an id or
+        split is invalid, or an id appears twice.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest not found: {path} (run cityseg-preprocess first)")
+    records: list[ImageRecord] = []
+    seen: set[str] = set()
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                record = ImageRecord(
+                    image_id=str(V.parse_image_id(row["image_id"])),
+                    split=row["split"], city=row["city"], image=row["image"],
+                    label=row.get("label"), height=int(row["height"]), width=int(row["width"]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                raise ManifestError(f"{path}:{number}: bad manifest line: {err}") from None
+            if record.split not in V.SPLITS:
+                raise ManifestError(f"{path}:{number}: unknown split {record.split!r}")
+            if record.image_id in seen:
+                raise ManifestError(f"{path}:{number}: image id {record.image_id} listed twice")
+            seen.add(record.image_id)
+            records.append(record)
+    return records
+
+
+class Resolver:
+    """Maps image ids to manifest records and reads their files from inside the raw root."""
+
+    def __init__(self, records: list[ImageRecord], raw_root: str | os.PathLike):
+        root = Path(raw_root)
+        if not root.is_dir():
+            raise ManifestError(f"raw root is not a directory: {root}")
+        self.raw_root = os.path.realpath(root)
+        # Sorted once so listings are stable pages: by split order, then id.
+        order = {split: i for i, split in enumerate(V.SPLITS)}
+        self._records = sorted(records, key=lambda r: (order[r.split], r.image_id))
+        self._by_id = {r.image_id: r for r in self._records}
+        self.cities = sorted({r.city for r in self._records})
+        self.split_counts = {s: sum(r.split == s for r in self._records) for s in V.SPLITS}
+
+    @classmethod
+    def from_data_dir(cls, data_dir: str | os.PathLike, raw_root: str | os.PathLike) -> "Resolver":
+        """Builds a resolver from `DATA/manifest.jsonl` and the raw Cityscapes root."""
+        return cls(load_manifest(Path(data_dir) / V.MANIFEST_FILE), raw_root)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def lookup(self, text: str) -> ImageRecord:
+        """Validates an id and returns its record.
+
+        Raises:
+          cityseg.vocabulary.InvalidImageIdError: for anything that is not an image id (400).
+          ImageNotFound: for a valid id the manifest does not list (404).
+        """
+        image_id = str(V.parse_image_id(text))
+        record = self._by_id.get(image_id)
+        if record is None:
+            raise ImageNotFound(f"unknown image id {image_id}")
+        return record
+
+    def list(self, *, split: str | None = None, city: str | None = None,
+             limit: int = 100, offset: int = 0) -> tuple[int, list[ImageRecord]]:
+        """Returns (total matching, one page of records) filtered by split and city."""
+        matching = [r for r in self._records
+                    if (split is None or r.split == split) and (city is None or r.city == city)]
+        return len(matching), matching[offset:offset + limit]
+
+    def read_image(self, record: ImageRecord) -> bytes:
+        """The raw camera image's bytes (PNG), exactly as stored."""
+        return self._read(record.image, record.image_id)
+
+    def read_ground_truth(self, record: ImageRecord) -> np.ndarray | None:
+        """The ground truth at full resolution: the official remap of the raw labelIds mask.
+
+        Returns:
+          uint8 [H, W] category ids, or None when the manifest lists no label (test split).
+
+        Raises:
+          ImageNotFound: if the label file is missing or outside the raw root.
+          cityseg.vocabulary.InvalidLabelError: if the label is not a one-channel PNG or holds
+            ids outside 0..33.
+        """
+        if not record.label:
+            return None
+        try:
+            label_ids = masks.decode_mask(self._read(record.label, record.image_id))
+        except masks.MaskError as err:
+            raise V.InvalidLabelError(f"label of {record.image_id}: {err}") from None
+        return V.remap_labels(label_ids)
+
+    def _read(self, relative: str, image_id: str) -> bytes:
+        path = self._inside_root(relative)
+        if path is None:
+            # Logged with the path for the operator; the client only learns it is unavailable.
+            log.warning("refused %s for %s: resolves outside the raw root", relative, image_id)
+            raise ImageNotFound(f"files for image id {image_id} are not available")
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except OSError as err:
+            log.warning("cannot read %s for %s: %s", path, image_id, err)
+            raise ImageNotFound(f"files for image id {image_id} are not available") from None
+
+    def _inside_root(self, relative: str) -> str | None:
+        if os.path.isabs(relative) or "\x00" in relative:
+            return None
+        resolved = os.path.realpath(os.path.join(self.raw_root, relative))
+        if os.path.commonpath([resolved, self.raw_root]) != self.raw_root:
+            return None
+        return resolved
