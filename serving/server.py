@@ -1,0 +1,329 @@
+"""`cityseg-serve`: a TensorFlow-Serving-compatible model server for machines without Docker.
+
+    cityseg-serve --models-dir MODELS --grpc-port 8500 --rest-port 8501
+
+Serves every SavedModel under MODELS/{name}/{version}/ on TF Serving's gRPC and REST APIs,
+polls for new versions and swaps them in without failing requests. Accepts the common
+`tensorflow_model_server` flags (--port, --rest_api_port, --model_config_file, ...), so the
+same command lines and config files work for both.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import grpc
+
+from cityseg.cli import CliError, HelpFormatter, run_cli, setup_logging
+from serving.config import (
+    BatchingOptions,
+    ModelConfig,
+    read_batching_parameters,
+    read_model_config_file,
+    read_monitoring_config,
+)
+
+log = logging.getLogger("cityseg.serve")
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class ServerOptions:
+    """Everything `start_server` can be told (the CLI fills it from flags)."""
+
+    models_dir: Path | None = None
+    model_configs: list[ModelConfig] | None = None
+    grpc_port: int = 0
+    rest_port: int = 0                 # None disables REST
+    host: str = "127.0.0.1"
+    poll_wait_s: float = 1.0           # 0: load once at start, never poll again
+    batching: BatchingOptions | None = None
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    rest_timeout_s: float = 30.0
+    num_threads: int = field(default_factory=lambda: max(8, 4 * (os.cpu_count() or 1)))
+    monitoring_path: str | None = None
+    unload_grace_s: float = 60.0
+
+    def __post_init__(self):
+        if self.models_dir is None and self.model_configs is None:
+            raise ValueError("give --models-dir or --model_config_file")
+        if self.models_dir is not None:
+            self.models_dir = Path(self.models_dir)
+            if not self.models_dir.is_dir():
+                raise FileNotFoundError(f"models dir {self.models_dir} does not exist")
+        for name, port in (("gRPC", self.grpc_port), ("REST", self.rest_port)):
+            if port is not None and not 0 <= port <= 65535:
+                raise ValueError(f"{name} port must be 0..65535, not {port}")
+        if self.poll_wait_s < 0:
+            raise ValueError("poll interval must be >= 0 seconds")
+        if self.max_message_bytes <= 0:
+            raise ValueError("max message size must be positive")
+        if self.rest_timeout_s <= 0:
+            raise ValueError("REST timeout must be positive")
+        if self.num_threads < 1:
+            raise ValueError("thread count must be >= 1")
+
+
+class Metrics:
+    """Request counts and latency per API, model and status code, in Prometheus text."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str, str], int] = {}
+        self._seconds: dict[tuple[str, str], float] = {}
+
+    def observe(self, api: str, model: str, code: grpc.StatusCode, seconds: float) -> None:
+        with self._lock:
+            key = (api, model, code.name)
+            self._counts[key] = self._counts.get(key, 0) + 1
+            self._seconds[(api, model)] = self._seconds.get((api, model), 0.0) + seconds
+
+    def render(self) -> str:
+        with self._lock:
+            lines = ["# TYPE cityseg_serving_request_count counter"]
+            lines += [f'cityseg_serving_request_count{{api="{a}",model_name="{m}",'
+                      f'status="{c}"}} {n}' for (a, m, c), n in sorted(self._counts.items())]
+            lines.append("# TYPE cityseg_serving_request_seconds_total counter")
+            lines += [f'cityseg_serving_request_seconds_total{{api="{a}",model_name="{m}"}} '
+                      f'{s:.6f}' for (a, m), s in sorted(self._seconds.items())]
+        return "\n".join(lines) + "\n"
+
+
+class ServerHandle:
+    """A running server: its ports, its registry, and `stop()`."""
+
+    def __init__(self, options: ServerOptions):
+        from serving.grpc_service import add_services
+        from serving.registry import ModelRegistry
+        from serving.rest import RestApi, make_http_server
+
+        self.options = options
+        self.metrics = Metrics()
+        self.registry = ModelRegistry(options.model_configs, models_dir=options.models_dir,
+                                      batching=options.batching,
+                                      unload_grace_s=options.unload_grace_s)
+        message_options = [("grpc.max_send_message_length", options.max_message_bytes),
+                           ("grpc.max_receive_message_length", options.max_message_bytes)]
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=options.num_threads,
+                                       thread_name_prefix="grpc"),
+            options=message_options)
+        add_services(self._grpc, self.registry, self.metrics)
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(f"{_grpc_host(options.host)}:"
+                                                          f"{options.grpc_port}")
+        except RuntimeError:  # newer grpcio raises instead of returning 0
+            self.grpc_port = 0
+        if self.grpc_port == 0:
+            raise OSError(f"cannot bind gRPC port {options.grpc_port} on {options.host}")
+        self._rest_api = self._http = None
+        self.rest_port = None
+        if options.rest_port is not None:
+            self._rest_api = RestApi(
+                self.registry, timeout_s=options.rest_timeout_s,
+                # base64 inflates by 4/3; leave room for the JSON around it.
+                max_body_bytes=options.max_message_bytes * 4 // 3 + 1024 * 1024,
+                num_threads=options.num_threads, metrics=self.metrics,
+                monitoring_path=options.monitoring_path)
+            self._http = make_http_server(self._rest_api, options.host, options.rest_port)
+            self.rest_port = self._http.server_address[1]
+        self._stop = threading.Event()
+        self._first_poll = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self, wait_for_models: bool = True) -> "ServerHandle":
+        self._grpc.start()
+        log.info("gRPC on %s:%d", self.options.host, self.grpc_port)
+        if self._http is not None:
+            thread = threading.Thread(target=self._http.serve_forever, name="rest", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            log.info("REST on http://%s:%d/v1/models/", self.options.host, self.rest_port)
+        poller = threading.Thread(target=self._poll_loop, name="poll", daemon=True)
+        poller.start()
+        self._threads.append(poller)
+        if wait_for_models:
+            self._first_poll.wait()
+        return self
+
+    def wait_for_models(self, timeout_s: float | None = None) -> bool:
+        """Blocks until the first scan of the model folders has loaded what it found."""
+        return self._first_poll.wait(timeout_s)
+
+    def poll_now(self) -> None:
+        """Scans the model folders at once (tests use it instead of waiting a poll period)."""
+        self.registry.poll()
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.registry.poll()
+            except Exception:  # noqa: BLE001 - one bad scan must not stop the poller
+                log.exception("model poll failed")
+            self._first_poll.set()
+            if self.options.poll_wait_s == 0 or self._stop.wait(self.options.poll_wait_s):
+                return
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stops accepting requests, lets in-flight ones finish (up to grace_s), unloads."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        self._grpc.stop(grace_s).wait()
+        if self._rest_api is not None:
+            self._rest_api.close()
+        self.registry.close()
+        log.info("server stopped")
+
+    def __enter__(self) -> "ServerHandle":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def _grpc_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def start_server(models_dir: str | os.PathLike | None, grpc_port: int = 0, rest_port: int = 0,
+                 *, wait_for_models: bool = True, **opts) -> ServerHandle:
+    """Starts cityseg-serve in this process (tests and other stages use it on free ports).
+
+    Args:
+      models_dir: folder of `{name}/{version}/` SavedModels; None with `model_configs=`.
+      grpc_port: 0 picks a free port (read it back from `.grpc_port`).
+      rest_port: 0 picks a free port; None disables REST.
+      wait_for_models: return only after the first scan has loaded what it found.
+      **opts: any other `ServerOptions` field (batching, poll_wait_s, host, ...).
+
+    Returns:
+      A handle with `.grpc_port`, `.rest_port`, `.registry` and `.stop()`.
+    """
+    options = ServerOptions(models_dir=models_dir, grpc_port=grpc_port, rest_port=rest_port,
+                            **opts)
+    return ServerHandle(options).start(wait_for_models=wait_for_models)
+
+
+# --- CLI ----------------------------------------------------------------------------------
+
+EPILOG = """\
+examples:
+  cityseg-serve --models-dir models
+  cityseg-serve --models-dir models --grpc-port 8500 --rest-port 8501 --enable_batching
+  cityseg-serve --model_config_file docker/models.config --port 8500 --rest_api_port 8501 \\
+      --batching_parameters_file docker/batching_parameters.txt \\
+      --monitoring_config_file docker/monitoring.config
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cityseg-serve", description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter, epilog=EPILOG)
+    parser.add_argument("--models-dir", "--model_base_dir", dest="models_dir", type=Path,
+                        help="serve every model folder under this directory")
+    parser.add_argument("--model_config_file", type=Path,
+                        help="ModelServerConfig text proto (names, base paths, version "
+                             "policies, labels); relative base paths are relative to it")
+    parser.add_argument("--model_name", help="with --model_base_path: serve one model")
+    parser.add_argument("--model_base_path", type=Path, help="folder of one model's versions")
+    parser.add_argument("--grpc-port", "--port", dest="grpc_port", type=int, default=8500)
+    parser.add_argument("--rest-port", "--rest_api_port", dest="rest_port", type=int,
+                        default=8501, help="0 picks a free port, -1 disables REST")
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind")
+    parser.add_argument("--file_system_poll_wait_seconds", "--poll-seconds", type=float,
+                        default=1.0, help="how often to look for new versions (0: never)")
+    parser.add_argument("--enable_batching", action="store_true",
+                        help="merge concurrent requests into batched calls")
+    parser.add_argument("--batching_parameters_file", type=Path,
+                        help="BatchingParameters text proto (implies --enable_batching)")
+    parser.add_argument("--rest_api_timeout_in_ms", type=int, default=30000)
+    parser.add_argument("--grpc_max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+                        help="max gRPC send/receive message size (also bounds REST bodies)")
+    parser.add_argument("--rest_api_num_threads", "--threads", dest="threads", type=int,
+                        default=max(8, 4 * (os.cpu_count() or 1)))
+    parser.add_argument("--monitoring_config_file", type=Path,
+                        help="MonitoringConfig text proto enabling Prometheus metrics on REST")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> ServerOptions:
+    """Turns parsed flags into ServerOptions, refusing impossible combinations."""
+    sources = [args.models_dir is not None, args.model_config_file is not None,
+               args.model_base_path is not None]
+    if sum(sources) != 1:
+        raise CliError("give exactly one of --models-dir, --model_config_file or "
+                       "--model_name/--model_base_path")
+    configs = None
+    if args.model_config_file is not None:
+        configs = read_model_config_file(args.model_config_file)
+        if not configs:
+            raise CliError(f"{args.model_config_file} configures no models")
+    elif args.model_base_path is not None:
+        name = args.model_name or args.model_base_path.name
+        configs = [ModelConfig(name=name, base_path=args.model_base_path.resolve())]
+    batching = None
+    if args.batching_parameters_file is not None:
+        batching = read_batching_parameters(args.batching_parameters_file)
+    elif args.enable_batching:
+        batching = BatchingOptions()
+    monitoring = None
+    if args.monitoring_config_file is not None:
+        monitoring = read_monitoring_config(args.monitoring_config_file)
+    return ServerOptions(
+        models_dir=args.models_dir, model_configs=configs, grpc_port=args.grpc_port,
+        rest_port=None if args.rest_port < 0 else args.rest_port, host=args.host,
+        poll_wait_s=args.file_system_poll_wait_seconds, batching=batching,
+        max_message_bytes=args.grpc_max_message_bytes,
+        rest_timeout_s=args.rest_api_timeout_in_ms / 1000, num_threads=args.threads,
+        monitoring_path=monitoring)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    options = options_from_args(args)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        handle = ServerHandle(options)
+    except OSError as err:
+        raise CliError(f"cannot start: {err}") from None
+    handle.start(wait_for_models=False)
+    started = time.monotonic()
+    while not stop.wait(0.5):
+        if handle.wait_for_models(0) and started is not None:
+            available = handle.registry.available()
+            log.info("serving %s", ", ".join(f"{n} {v}" for n, v in available.items()) or
+                     "no models yet (waiting for version folders)")
+            started = None
+    handle.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("cityseg-serve", _main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
