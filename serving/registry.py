@@ -80,7 +80,7 @@ class LoadedVersion:
             TF op that rejects them (e.g. undecodable image bytes).
         """
         if signature not in self.signatures:
-            raise RequestError(grpc.StatusCode.NOT_FOUND,
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"Serving signature name: \"{signature}\" not found in signature "
                                f"def (available: {', '.join(sorted(self.signatures))})")
         validate_inputs(self.input_specs[signature], inputs)

@@ -310,7 +310,7 @@ class RestApi:
             signature = str(parsed["signature_name"]) or V.SIGNATURE_NAME
         with self.registry.use(name, version, label) as loaded:
             if signature not in loaded.input_specs:
-                raise RequestError(grpc.StatusCode.NOT_FOUND,
+                raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                    f"Serving signature name: \"{signature}\" not found in "
                                    f"signature def")
             inputs, row_format = request_inputs(parsed, loaded.input_specs[signature])
