@@ -231,10 +231,13 @@ def augment(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
     seed = tf.cast(seed, tf.int64)
     seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
     image = tf.cast(image, tf.float32)
+    image_shape, label_shape = image.shape, label.shape
     image, label = random_crop(image, label, seeds[0], config.max_crop_fraction)
     image, label = random_rotation(image, label, seeds[1], config.max_rotation_degrees)
     image, label = random_flip(image, label, seeds[2], config.flip_probability)
     image = random_blur(image, seeds[3], config.blur_probability, config.max_blur_sigma)
     image = random_brightness_contrast(image, seeds[4], config.max_brightness_delta,
                                        config.contrast_range)
-    return image, label
+    # tf.cond and slicing lose the static sizes; every op keeps them, so restore them (batching
+    # with drop_remainder then gives fully static shapes).
+    return tf.ensure_shape(image, image_shape), tf.ensure_shape(label, label_shape)

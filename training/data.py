@@ -63,17 +63,32 @@ def list_shards(data_dir: str | os.PathLike, split: str) -> list[str]:
 
 
 def read_records(shards: list[str], *, shuffle: bool = False, seed: int | None = None,
-                 deterministic: bool = True) -> tf.data.Dataset:
-    """Serialized examples read from several shards at once (parallel interleave)."""
+                 deterministic: bool = True,
+                 input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+    """Serialized examples read from several shards at once (parallel interleave).
+
+    With an `input_context`, only this input pipeline's share: whole files when there are
+    enough, otherwise every N-th record (cheap: nothing is decoded yet).
+    """
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    index = input_context.input_pipeline_id if input_context else 0
+    by_file = len(shards) >= pipelines
+    # Sharding records (not files) needs the same record order in every pipeline.
+    deterministic = deterministic or not by_file
     files = tf.data.Dataset.from_tensor_slices(shards)
-    if shuffle:
+    if pipelines > 1 and by_file:
+        files = files.shard(pipelines, index)
+    if shuffle and by_file:
         files = files.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
-    return files.interleave(
+    records = files.interleave(
         tf.data.TFRecordDataset,
         cycle_length=min(_CYCLE_LENGTH, len(shards)),
         num_parallel_calls=AUTOTUNE,
         deterministic=deterministic,
     )
+    if not by_file:
+        records = records.shard(pipelines, index)
+    return records
 
 
 def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -111,18 +126,22 @@ def to_model_inputs(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.T
     return tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 1.0), tf.cast(label, tf.int32)
 
 
-def dataset_options(*, deterministic: bool) -> tf.data.Options:
-    """Options making the pipeline deterministic when asked and shardable by tf.distribute.
+def dataset_options(*, deterministic: bool, sharded: bool = False) -> tf.data.Options:
+    """Options making the pipeline deterministic when asked and safe to auto-shard.
 
-    Auto-shard policy AUTO: under `MultiWorkerMirroredStrategy` each worker reads its own
-    subset of shard FILES when there are at least as many shards as workers (no wasted
-    decoding; choose `--num-shards` >= workers in the Beam job), and falls back to DATA
-    sharding (every worker reads all, keeps every N-th example) otherwise. Single-machine
-    strategies do not shard at all.
+    Auto-shard policy DATA: under `MultiWorkerMirroredStrategy.experimental_distribute_dataset`
+    every worker keeps every N-th batch. FILE (or AUTO, which tries FILE) is NOT safe here: the
+    augmentation seeds come from a second source (`Dataset.random`) zipped in, and FILE
+    sharding of that graph silently drops half the data (checked in tests/test_data.py). DATA
+    makes every worker decode all records, so for real multi-worker runs pass the
+    `input_context` of `strategy.distribute_datasets_from_function` to `make_dataset`, which
+    shards shard files (or records) before decoding and turns auto-sharding off (`sharded`).
     """
     options = tf.data.Options()
     options.deterministic = deterministic
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.AUTO
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF if sharded
+        else tf.data.experimental.AutoShardPolicy.DATA)
     return options
 
 
@@ -133,7 +152,8 @@ def make_dataset(data_dir: str | os.PathLike, split: str, *, batch_size: int,
                  shuffle: bool = False, seed: int | None = None, repeat: bool = False,
                  drop_remainder: bool = False,
                  augment_config: augment_lib.AugmentConfig | None = None,
-                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> tf.data.Dataset:
+                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+                 input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
     """Batches of (images float32 [B, H, W, 3] in [0, 1], labels int32 [B, H, W]).
 
     Args:
@@ -151,6 +171,10 @@ def make_dataset(data_dir: str | os.PathLike, split: str, *, batch_size: int,
       drop_remainder: drop the last partial batch (static batch dimension).
       augment_config: strengths of the augmentations (default: the seed's set).
       shuffle_buffer: records held by the shuffle buffer.
+      input_context: from `strategy.distribute_datasets_from_function`: this pipeline reads
+        only its share (whole shard files when there are at least as many shards as input
+        pipelines, else every N-th record, in both cases before decoding). `batch_size` is
+        then this pipeline's batch (`input_context.get_per_replica_batch_size(global)`).
 
     Returns:
       The `tf.data.Dataset`, prefetching, with `dataset_options` applied.
@@ -169,7 +193,8 @@ def make_dataset(data_dir: str | os.PathLike, split: str, *, batch_size: int,
     deterministic = seed is not None
     shards = list_shards(data_dir, split)
 
-    ds = read_records(shards, shuffle=shuffle, seed=seed, deterministic=deterministic)
+    ds = read_records(shards, shuffle=shuffle, seed=seed, deterministic=deterministic,
+                      input_context=input_context)
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
@@ -182,7 +207,11 @@ def make_dataset(data_dir: str | os.PathLike, split: str, *, batch_size: int,
     if augment:
         # One [2] seed per example, drawn AFTER shuffle/repeat so every epoch differs while a
         # given `seed` reproduces the whole run.
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        # Each input pipeline gets its own stream of draws.
+        pipeline_seed = seed
+        if seed is not None and input_context is not None:
+            pipeline_seed = seed + input_context.input_pipeline_id
+        seeds = tf.data.Dataset.random(seed=pipeline_seed).batch(2)
         ds = tf.data.Dataset.zip(ds, seeds)
 
         def prepare_and_augment(serialized, example_seed):
@@ -198,7 +227,8 @@ def make_dataset(data_dir: str | os.PathLike, split: str, *, batch_size: int,
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE,
                   deterministic=deterministic)
     ds = ds.prefetch(AUTOTUNE)
-    return ds.with_options(dataset_options(deterministic=deterministic))
+    return ds.with_options(dataset_options(deterministic=deterministic,
+                                           sharded=input_context is not None))
 
 
 def count_examples(data_dir: str | os.PathLike, split: str) -> int:

@@ -1,0 +1,178 @@
+"""training.data end to end from TFRecords written here with the contract's features."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cityseg import vocabulary as V
+from training import data
+
+H, W = 32, 64
+
+
+def _bytes(value):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int(value):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+
+def make_example(index, split, rng):
+    """One contract record; pixel (0, 0) of the red channel holds `index` to identify it."""
+    image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    image[0, 0, 0] = index
+    label = rng.integers(0, V.NUM_CATEGORIES, (H, W), dtype=np.uint8)
+    image_id = f"testcity_{index:06d}_000019"
+    example = tf.train.Example(features=tf.train.Features(feature={
+        V.FEATURE_ID: _bytes(image_id.encode()),
+        V.FEATURE_CITY: _bytes(b"testcity"),
+        V.FEATURE_SPLIT: _bytes(split.encode()),
+        V.FEATURE_IMAGE: _bytes(tf.io.encode_png(image).numpy()),
+        V.FEATURE_LABEL: _bytes(tf.io.encode_png(label[..., None]).numpy()),
+        V.FEATURE_HEIGHT: _int(H),
+        V.FEATURE_WIDTH: _int(W),
+        V.FEATURE_ORIGINAL_HEIGHT: _int(4 * H),
+        V.FEATURE_ORIGINAL_WIDTH: _int(4 * W),
+    }))
+    return example.SerializeToString(), image, label
+
+
+def write_split(root, split, num_shards, per_shard, seed=0):
+    """Writes DATA/tfrecords/{split}/ shards (last shard first); returns {index: (image, label)}."""
+    rng = np.random.default_rng(seed)
+    folder = root / V.TFRECORDS_DIR / split
+    folder.mkdir(parents=True, exist_ok=True)
+    originals = {}
+    for shard in reversed(range(num_shards)):
+        with tf.io.TFRecordWriter(str(folder / V.shard_name(split, shard, num_shards))) as writer:
+            for k in range(per_shard):
+                index = shard * per_shard + k
+                record, image, label = make_example(index, split, rng)
+                writer.write(record)
+                originals[index] = (image, label)
+    return originals
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    originals = write_split(root, "train", num_shards=3, per_shard=4)
+    write_split(root, "val", num_shards=1, per_shard=3, seed=1)
+    (root / V.STATS_FILE).write_text(json.dumps(
+        {"train": {"images": 12, "category_pixels": [1] * 8}, "class_weights": [1.0] * 8}))
+    return root, originals
+
+
+def _indices(ds):
+    """The example indices (pixel (0,0) red) in iteration order."""
+    return [int(round(v * 255)) for images, _ in ds for v in images[:, 0, 0, 0].numpy()]
+
+
+def test_list_shards_is_sorted_and_ignores_other_files(data_dir):
+    root, _ = data_dir
+    (root / V.TFRECORDS_DIR / "train" / "notes.txt").write_text("not a shard")
+    shards = data.list_shards(root, "train")
+    assert [s.rsplit("/", 1)[1] for s in shards] == [V.shard_name("train", i, 3) for i in range(3)]
+
+
+def test_missing_split_and_unknown_split_raise_one_line_errors(data_dir):
+    root, _ = data_dir
+    with pytest.raises(FileNotFoundError, match="no TFRecord shards for split 'test'") as err:
+        data.make_dataset(root, "test", batch_size=2)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="unknown split 'training'"):
+        data.make_dataset(root, "training", batch_size=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        data.make_dataset(root, "train", batch_size=0)
+
+
+def test_stored_size_gives_exact_pixels_and_labels(data_dir):
+    root, originals = data_dir
+    ds = data.make_dataset(root, "train", batch_size=5, seed=0)
+    batches = list(ds)
+    assert [b[0].shape[0] for b in batches] == [5, 5, 2]
+    for images, labels in batches:
+        assert images.dtype == tf.float32 and images.shape[1:] == (H, W, 3)
+        assert labels.dtype == tf.int32 and labels.shape[1:] == (H, W)
+        for image, label in zip(images.numpy(), labels.numpy()):
+            index = int(round(image[0, 0, 0] * 255))
+            np.testing.assert_allclose(image, originals[index][0] / 255.0, atol=1e-6)
+            np.testing.assert_array_equal(label, originals[index][1])
+    # Without shuffling (and with a seed) the order is fixed: round-robin over sorted shards.
+    assert _indices(ds) == [shard * 4 + k for k in range(4) for shard in range(3)]
+
+
+def test_resized_augmented_batches_have_contract_shapes_and_ranges(data_dir):
+    root, _ = data_dir
+    ds = data.make_dataset(root, "train", batch_size=4, image_size=(16, 32), augment=True,
+                           shuffle=True, seed=3, drop_remainder=True)
+    assert ds.element_spec[0].shape.as_list() == [4, 16, 32, 3]
+    assert ds.element_spec[1].shape.as_list() == [4, 16, 32]
+    count = 0
+    for images, labels in ds:
+        count += 1
+        assert images.dtype == tf.float32 and labels.dtype == tf.int32
+        assert 0.0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 1.0
+        assert set(np.unique(labels.numpy())) <= set(range(V.NUM_CATEGORIES))
+    assert count == 3
+
+
+def test_seed_makes_shuffle_and_augmentation_reproducible(data_dir):
+    root, _ = data_dir
+
+    def take(seed):
+        ds = data.make_dataset(root, "train", batch_size=4, image_size=(16, 32), augment=True,
+                               shuffle=True, seed=seed)
+        return [(x.numpy(), y.numpy()) for x, y in ds]
+
+    first, again, other = take(7), take(7), take(8)
+    for (x1, y1), (x2, y2) in zip(first, again):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(first, other))
+
+
+def test_shuffle_changes_order_and_repeat_gives_new_epochs(data_dir):
+    root, _ = data_dir
+    ds = data.make_dataset(root, "train", batch_size=12, shuffle=True, seed=1, repeat=True)
+    epochs = [sorted(_indices(ds.skip(i).take(1))) for i in range(3)]
+    assert all(e == list(range(12)) for e in epochs)
+    orders = [_indices(ds.skip(i).take(1)) for i in range(2)]
+    assert orders[0] != list(range(12))
+
+
+@pytest.mark.parametrize("split, pipelines", [("train", 3), ("val", 2)])
+def test_input_context_gives_each_pipeline_a_disjoint_share(data_dir, split, pipelines):
+    root, _ = data_dir
+    total = data.count_examples(root, split)
+    shares = []
+    for i in range(pipelines):
+        ctx = tf.distribute.InputContext(num_input_pipelines=pipelines, input_pipeline_id=i)
+        shares.append(_indices(data.make_dataset(root, split, batch_size=2, shuffle=True,
+                                                 input_context=ctx)))
+    seen = [i for share in shares for i in share]
+    assert sorted(seen) == sorted(set(seen)) and len(seen) == total  # val: 1 shard -> by record
+
+
+def test_auto_shard_policy_data_keeps_every_example(data_dir):
+    # tf.distribute's auto-sharding (as experimental_distribute_dataset applies it) must not
+    # drop data from the zipped augmentation seeds: DATA policy, each worker every 2nd batch.
+    from tensorflow.python.data.experimental.ops.distribute import _AutoShardDataset
+    root, _ = data_dir
+    ds = data.make_dataset(root, "train", batch_size=1, augment=True, shuffle=True, seed=2)
+    counts = [sum(1 for _ in _AutoShardDataset(ds, 2, i)) for i in range(2)]
+    assert counts == [6, 6]
+
+
+def test_count_examples_and_load_stats(data_dir, tmp_path):
+    root, _ = data_dir
+    assert data.count_examples(root, "train") == 12
+    assert data.count_examples(root, "val") == 3
+    assert data.load_stats(root)["train"]["images"] == 12
+    with pytest.raises(FileNotFoundError, match="stats.json"):
+        data.load_stats(tmp_path)
+    (tmp_path / V.STATS_FILE).write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        data.load_stats(tmp_path)
