@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from cityseg import vocabulary as V
+from training import baselines as B
 from training import evaluate as E
 from training import metrics as M
 from training import plots
@@ -83,7 +84,7 @@ def _int(value: int) -> tf.train.Feature:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """DATA with a val split of 5 scenes; the model as .keras, as a run folder and exported."""
+    """DATA with val (5 scenes) and train (4) splits; the model as .keras, as a run folder and exported."""
     from training.export import export_model
 
     root = tmp_path_factory.mktemp("evaluate")
@@ -91,6 +92,7 @@ def setup(tmp_path_factory):
     scenes = [make_scene(rng) for _ in range(5)]
     data_dir = root / "data"
     write_split(data_dir, "val", scenes)
+    write_split(data_dir, "train", [make_scene(rng) for _ in range(4)])
 
     model = tiny_model()
     keras_file = root / "tiny.keras"
@@ -193,3 +195,43 @@ def test_run_image_size_reads_both_spellings(tmp_path):
     assert E.run_image_size(tmp_path) == (64, 128)
     (tmp_path / E.RUN_CONFIG_FILE).write_text(json.dumps({"image_size": [32, 48]}))
     assert E.run_image_size(tmp_path) == (32, 48)
+
+
+# --- The colour baseline ------------------------------------------------------------------
+
+def test_colour_baseline_learns_majority_per_colour_bin():
+    baseline = B.ColourBaseline(levels=4)
+    images = np.array([[[10, 10, 10], [12, 9, 14], [200, 10, 10], [250, 250, 250]]], np.uint8)
+    labels = np.array([[2, 2, 7, 5]])
+    baseline.partial_fit(images, labels)
+    # The same dark bin seen again mostly as flat: 3 flat against 2 construction.
+    baseline.partial_fit(np.full((1, 3, 3), 5, np.uint8), np.full((1, 3), 1))
+    assert baseline.bins_seen == 3
+    query = np.array([[[0, 0, 0], [230, 30, 30], [255, 255, 255], [0, 255, 0]]], np.uint8)
+    # Unseen green falls back to the overall majority (flat: 3 pixels).
+    np.testing.assert_array_equal(baseline.predict(query), [[1, 7, 5, 1]])
+    # Float images in [0, 1] land in the same bins as their uint8 originals.
+    np.testing.assert_array_equal(baseline.predict(query / 255.0), baseline.predict(query))
+
+
+def test_colour_baseline_rejects_bad_input():
+    with pytest.raises(ValueError, match="levels"):
+        B.ColourBaseline(levels=1)
+    baseline = B.ColourBaseline()
+    with pytest.raises(ValueError, match="not been fitted"):
+        baseline.predict(np.zeros((2, 2, 3), np.uint8))
+    with pytest.raises(ValueError, match="outside"):
+        baseline.partial_fit(np.zeros((1, 2, 3), np.uint8), np.array([[0, 9]]))
+
+
+def test_colour_baseline_on_records_matches_the_colour_rule(setup, tmp_path):
+    """Fitted on train, the baseline recovers colour -> category, scoring as the fixed model."""
+    baseline = B.fit_colour_baseline(setup["data"], "train", batch_size=3)
+    evaluation = B.evaluate_colour_baseline(baseline, setup["data"], "val", batch_size=2)
+    summary = M.summarize(evaluation.cm)
+    assert evaluation.images == 5
+    assert summary["pixel_accuracy"] == pytest.approx(setup["expected"]["pixel_accuracy"])
+    assert B.main(["--data-dir", str(setup["data"]), "--report-dir", str(tmp_path / "b")]) == 0
+    written = json.loads((tmp_path / "b" / E.METRICS_FILE).read_text())
+    assert written["model_kind"] == B.BASELINE_NAME
+    assert written["pixel_accuracy"] == pytest.approx(summary["pixel_accuracy"])

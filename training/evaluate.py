@@ -178,7 +178,7 @@ def evaluate_keras(model, data_dir: Path, split: str, *, batch_size: int,
             yield images.numpy(), labels.numpy(), predict(images).numpy()
 
     resolution = "x".join(map(str, image_size)) if image_size else "stored"
-    return _accumulate(batches(), max_images, num_samples, resolution)
+    return accumulate(batches(), max_images, num_samples, resolution)
 
 
 def evaluate_saved_model(export_dir: Path, data_dir: Path, split: str, *, batch_size: int,
@@ -211,7 +211,7 @@ def evaluate_saved_model(export_dir: Path, data_dir: Path, split: str, *, batch_
                     raise ValueError(f"served mask {mask.shape} differs from label {label.shape}")
                 yield image[None], label[None], mask[None]
 
-    return _accumulate(batches(), max_images, num_samples, "record")
+    return accumulate(batches(), max_images, num_samples, "record")
 
 
 def static_input_size(model) -> tuple[int, int] | None:
@@ -223,8 +223,15 @@ def static_input_size(model) -> tuple[int, int] | None:
     return (int(height), int(width)) if height and width else None
 
 
-def _accumulate(batches: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                max_images: int | None, num_samples: int, resolution: str) -> Evaluation:
+def accumulate(batches: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]],
+               max_images: int | None, num_samples: int, resolution: str) -> Evaluation:
+    """Adds (images, labels, predictions) batches into one confusion matrix, logging progress.
+
+    Keeps the first `num_samples` images for the overlays and stops after `max_images`.
+
+    Raises:
+      ValueError: if no batch holds an image.
+    """
     cm = np.zeros((V.NUM_CATEGORIES, V.NUM_CATEGORIES), dtype=np.int64)
     images = 0
     samples = []
