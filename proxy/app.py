@@ -54,6 +54,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
       ValueError: for a missing or impossible setting, or a missing or malformed manifest.
     """
     app = Flask(__name__)
+    # An API answers what was asked: no 308 redirects that rewrite '//' in a path.
+    app.url_map.merge_slashes = False
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env("CITYSEG")
     if config:

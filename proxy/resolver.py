@@ -115,6 +115,10 @@ class Resolver:
           ImageNotFound: for a valid id the manifest does not list (404).
         """
         image_id = str(V.parse_image_id(text))
+        if image_id != text:
+            # Belt and braces: the id must be exactly its canonical form (a regex `$` also
+            # matches before a trailing newline).
+            raise V.InvalidImageIdError(f"invalid image id {text[:40]!r}")
         record = self._by_id.get(image_id)
         if record is None:
             raise ImageNotFound(f"unknown image id {image_id}")
