@@ -13,8 +13,9 @@ The scenes are built so that segmenting them needs context: colours overlap acro
 (grey road, grey facades and grey poles; cars and clothes in any colour, sky-blue and green
 included; overcast skies as grey as buildings), while shape, position and texture stay informative.
 
-Every image is a pure function of (seed, split, city, index): the same image comes out whatever the
-other flags. Files this command generates are overwritten; nothing else under OUT_ROOT is touched.
+Every image is a pure function of (seed, split, city, index) and the size list: asking for more
+cities, more images or other splits never changes an image already made. Files this command
+generates are overwritten; nothing else under OUT_ROOT is touched.
 """
 from __future__ import annotations
 
@@ -281,7 +282,8 @@ def _value_noise(rng: np.random.Generator, height: int, width: int, cell: float)
     return np.asarray(Image.fromarray(grid).resize((width, height), Image.BILINEAR))
 
 
-def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(rng: np.random.Generator, height: int,
+                 width: int) -> tuple[np.ndarray, np.ndarray]:
     """Draws one street scene seen from a car.
 
     Args:
@@ -482,7 +484,8 @@ def _draw_side(canvas: _Canvas, rng: np.random.Generator, street: _Street, side:
         kind = rng.choice(["building", "wall", "fence", "gap"], p=[0.62, 0.1, 0.12, 0.16])
         span = (depth, min(depth + length, street.end))
         if kind in ("fence", "gap") and rng.random() < 0.7:
-            _draw_facade(canvas, rng, side, line + 0.6, span, "hedge", float(rng.uniform(1.2, 5)), sky)
+            hedge = float(rng.uniform(1.2, 5))
+            _draw_facade(canvas, rng, side, line + 0.6, span, "hedge", hedge, sky)
         if kind != "gap":
             height = {"building": rng.uniform(2.5, 9.0), "wall": rng.uniform(0.6, 2.0),
                       "fence": rng.uniform(0.7, 1.5)}[kind]
@@ -520,7 +523,8 @@ def _draw_facade(canvas: _Canvas, rng: np.random.Generator, side: int, line: flo
             solid = ((depth * pitch) % 1.0 < 0.35) | (up > height - 0.08) | (up < 0.1)
         else:  # diagonal mesh
             k = rng.uniform(3, 6)
-            solid = ((depth * pitch + up * k) % 1.0 < 0.18) | ((depth * pitch - up * k) % 1.0 < 0.18)
+            solid = (((depth * pitch + up * k) % 1.0 < 0.18)
+                     | ((depth * pitch - up * k) % 1.0 < 0.18))
             solid |= up > height - 0.06
         canvas.paint(win, mask & solid, canvas.textured(win, base, grain=0.15), FENCE)
         return
@@ -773,13 +777,15 @@ def _person(rng: np.random.Generator, depth: float, lateral: float, sky: np.ndar
         win = canvas.window(row - h, row, col - 0.35 * h, col + 0.35 * h)
         if win is None:
             return
-        legs = (_capsule(win, (row - 0.5 * h, col - 0.05 * h), (row - 0.03 * h, col - (0.05 + stride) * h), 0.045 * h)
-                | _capsule(win, (row - 0.5 * h, col + 0.05 * h), (row - 0.03 * h, col + (0.05 + stride) * h), 0.045 * h))
+        def at(up: float, across: float) -> tuple[float, float]:  # body fractions -> pixels
+            return row - up * h, col + across * h
+
+        legs = (_capsule(win, at(0.5, -0.05), at(0.03, -0.05 - stride), 0.045 * h)
+                | _capsule(win, at(0.5, 0.05), at(0.03, 0.05 + stride), 0.045 * h))
         canvas.paint(win, legs, canvas.textured(win, trousers, grain=0.2, fine=0.2), PERSON)
-        hem = 0.3 if coat else 0.5
-        torso = _capsule(win, (row - 0.78 * h, col), (row - (hem + 0.05) * h, col), 0.12 * h)
-        arms = (_capsule(win, (row - 0.78 * h, col - 0.12 * h), (row - 0.45 * h, col - (0.15 + swing) * h), 0.035 * h)
-                | _capsule(win, (row - 0.78 * h, col + 0.12 * h), (row - 0.45 * h, col + (0.15 - swing) * h), 0.035 * h))
+        torso = _capsule(win, at(0.78, 0), at((0.3 if coat else 0.5) + 0.05, 0), 0.12 * h)
+        arms = (_capsule(win, at(0.78, -0.12), at(0.45, -0.15 - swing), 0.035 * h)
+                | _capsule(win, at(0.78, 0.12), at(0.45, 0.15 - swing), 0.035 * h))
         canvas.paint(win, torso | arms, canvas.textured(win, shirt, grain=0.2, fine=0.2), PERSON)
         if bag is not None:
             canvas.paint(win, _box(win, row - 0.75 * h, row - 0.45 * h, col + 0.08 * h,
@@ -801,17 +807,19 @@ def _rider(rng: np.random.Generator, depth: float, lateral: float, sky: np.ndarr
         win = canvas.window(row - 1.7 * s, row, col - 0.4 * s, col + 0.4 * s)
         if win is None:
             return
+        def at(up: float, across: float) -> tuple[float, float]:  # ground units -> pixels
+            return row - up * s, col + across * s
+
         bike = _ellipse(win, row - 0.33 * s, col, 0.33 * s, 0.03 * s)
-        bike |= _capsule(win, (row - 0.33 * s, col), (row - 1.0 * s, col), 0.025 * s)
-        bike |= _capsule(win, (row - 1.0 * s, col - 0.25 * s), (row - 1.0 * s, col + 0.25 * s),
-                         0.02 * s)
+        bike |= _capsule(win, at(0.33, 0), at(1.0, 0), 0.025 * s)
+        bike |= _capsule(win, at(1.0, -0.25), at(1.0, 0.25), 0.02 * s)
         canvas.paint(win, bike, canvas.textured(win, frame, grain=0.2) * 0.6, BICYCLE)
-        legs = (_capsule(win, (row - 0.9 * s, col - 0.1 * s), (row - 0.3 * s, col - 0.09 * s), 0.055 * s)
-                | _capsule(win, (row - 0.9 * s, col + 0.1 * s), (row - 0.45 * s, col + 0.09 * s), 0.055 * s))
+        legs = (_capsule(win, at(0.9, -0.1), at(0.3, -0.09), 0.055 * s)
+                | _capsule(win, at(0.9, 0.1), at(0.45, 0.09), 0.055 * s))
         canvas.paint(win, legs, canvas.textured(win, trousers, grain=0.2), RIDER)
-        body = _capsule(win, (row - 0.95 * s, col), (row - 1.42 * s, col), 0.16 * s)
-        body |= _capsule(win, (row - 1.4 * s, col - 0.15 * s), (row - 1.05 * s, col - 0.25 * s), 0.04 * s)
-        body |= _capsule(win, (row - 1.4 * s, col + 0.15 * s), (row - 1.05 * s, col + 0.25 * s), 0.04 * s)
+        body = _capsule(win, at(0.95, 0), at(1.42, 0), 0.16 * s)
+        body |= _capsule(win, at(1.4, -0.15), at(1.05, -0.25), 0.04 * s)
+        body |= _capsule(win, at(1.4, 0.15), at(1.05, 0.25), 0.04 * s)
         canvas.paint(win, body, canvas.textured(win, jacket, grain=0.2, fine=0.2), RIDER)
         canvas.paint(win, _ellipse(win, row - 1.58 * s, col, 0.1 * s, 0.085 * s), helmet, RIDER)
 
@@ -912,7 +920,9 @@ def _light(canvas: _Canvas, rng: np.random.Generator, street: _Street,
         lateral = (win.xx - canvas.vanish_x) / (canvas.unit * t)
         boundary = rng.uniform(-street.road_left, street.road_right)
         side = rng.choice([-1, 1])
-        shaded = (lateral - boundary) * side > 0
+        # Only the ground surfaces: a facade cut at the horizon row would give the shadow away.
+        ground = np.isin(canvas.labels[win.rows, win.cols], (ROAD, SIDEWALK, PARKING, TERRAIN))
+        shaded = ((lateral - boundary) * side > 0) & ground
         image[win.rows, win.cols] *= np.where(shaded, np.float32(rng.uniform(0.45, 0.7)),
                                               np.float32(1))[..., None]
     rows = np.arange(height, dtype=np.float32)[:, None] + 0.5
@@ -958,8 +968,8 @@ examples:
 Layout written (the real Cityscapes one):
   OUT_ROOT/leftImg8bit/{split}/{city}/{city}_{seq:06d}_000019_leftImg8bit.png
   OUT_ROOT/gtFine/{split}/{city}/{city}_{seq:06d}_000019_gtFine_labelIds.png
-Each image depends only on (seed, split, city, index). Files it generates are
-overwritten; other files under OUT_ROOT are left alone.
+Each image depends only on (seed, split, city, index) and --size. Files it
+generates are overwritten; other files under OUT_ROOT are left alone.
 """
 
 
