@@ -1,0 +1,284 @@
+"""cityseg-train end to end on a tiny toy DATA dir: learning, time limit, resume, config errors.
+
+`write_toy_data` and the `trained_run` fixture are shared with test_export.py and
+test_multiworker.py (imported from here; tests/ is on sys.path under pytest).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cityseg import vocabulary as V
+
+TOY_SIZE = (32, 64)
+# Each category gets its own base colour so a tiny network can learn the scenes in a few steps.
+_COLOURS = {
+    V.CATEGORIES.index("void"): (0, 0, 0),
+    V.CATEGORIES.index("flat"): (128, 64, 128),
+    V.CATEGORIES.index("construction"): (110, 110, 110),
+    V.CATEGORIES.index("nature"): (60, 160, 40),
+    V.CATEGORIES.index("sky"): (90, 150, 230),
+    V.CATEGORIES.index("human"): (230, 30, 60),
+    V.CATEGORIES.index("vehicle"): (20, 20, 160),
+    V.CATEGORIES.index("object"): (230, 220, 20),
+}
+
+
+def toy_scene(rng: np.random.Generator, size=TOY_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """A street-like scene: (RGB uint8 [H, W, 3], category ids uint8 [H, W])."""
+    h, w = size
+    label = np.full((h, w), V.CATEGORIES.index("sky"), np.uint8)
+    horizon = int(rng.integers(h // 3, h // 2))
+    label[horizon:] = V.CATEGORIES.index("flat")
+    x0 = int(rng.integers(0, w // 2))
+    label[h // 6:horizon, x0:x0 + w // 3] = V.CATEGORIES.index("construction")
+    label[horizon - 4:horizon, :w // 6] = V.CATEGORIES.index("nature")
+    cx = int(rng.integers(0, w - 16))
+    label[horizon + 2:horizon + 9, cx:cx + 14] = V.CATEGORIES.index("vehicle")
+    px = int(rng.integers(0, w - 3))
+    label[horizon - 6:horizon + 4, px:px + 3] = V.CATEGORIES.index("human")
+    label[h // 8:horizon, w - 4:w - 3] = V.CATEGORIES.index("object")
+    label[h - 3:] = V.VOID  # the ego vehicle's bonnet
+    palette = np.array([_COLOURS[c] for c in range(V.NUM_CATEGORIES)], np.int16)
+    image = palette[label] + rng.integers(-20, 21, size=(h, w, 3))
+    return np.clip(image, 0, 255).astype(np.uint8), label
+
+
+def _example(image: np.ndarray, label: np.ndarray, image_id: str, split: str):
+    import tensorflow as tf
+
+    def b(v):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+    def i(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
+
+    h, w = label.shape
+    return tf.train.Example(features=tf.train.Features(feature={
+        V.FEATURE_ID: b(image_id.encode()),
+        V.FEATURE_CITY: b(image_id.split("_")[0].encode()),
+        V.FEATURE_SPLIT: b(split.encode()),
+        V.FEATURE_IMAGE: b(tf.io.encode_png(image).numpy()),
+        V.FEATURE_LABEL: b(tf.io.encode_png(label[..., None]).numpy()),
+        V.FEATURE_HEIGHT: i(h), V.FEATURE_WIDTH: i(w),
+        V.FEATURE_ORIGINAL_HEIGHT: i(h * 4), V.FEATURE_ORIGINAL_WIDTH: i(w * 4),
+    }))
+
+
+def write_toy_data(root: Path, counts=None, size=TOY_SIZE, num_shards: int = 2,
+                   seed: int = 0) -> Path:
+    """Writes a DATA dir per the contract: tfrecords/{split}/ shards and stats.json."""
+    import tensorflow as tf
+
+    counts = counts or {"train": 16, "val": 4}
+    rng = np.random.default_rng(seed)
+    stats = {}
+    for split, n in counts.items():
+        folder = root / V.TFRECORDS_DIR / split
+        folder.mkdir(parents=True)
+        writers = [tf.io.TFRecordWriter(str(folder / V.shard_name(split, k, num_shards)))
+                   for k in range(num_shards)]
+        pixels = np.zeros(V.NUM_CATEGORIES, np.int64)
+        for k in range(n):
+            image, label = toy_scene(rng, size)
+            pixels += np.bincount(label.ravel(), minlength=V.NUM_CATEGORIES)
+            example = _example(image, label, f"toycity_{k // 100:06d}_{k % 100:06d}", split)
+            writers[k % num_shards].write(example.SerializeToString())
+        for writer in writers:
+            writer.close()
+        stats[split] = {"images": n, "category_pixels": pixels.tolist()}
+    (root / V.STATS_FILE).write_text(json.dumps(stats))
+    return root
+
+
+def base_args(data: Path, run: Path, *extra: str) -> list[str]:
+    """Flags of a tiny, fast run (U-Net width 4 at 32x64, no XLA compile wait)."""
+    return ["--data-dir", str(data), "--output-dir", str(run), "--model", "unet", "--width", "4",
+            "--image-size", "32x64", "--batch-size", "4", "--no-jit", "--no-augment",
+            "--learning-rate", "0.01", "--lr-schedule", "constant", *extra]
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> Path:
+    return write_toy_data(tmp_path_factory.mktemp("toy") / "data")
+
+
+@pytest.fixture(scope="session")
+def trained_run(toy_data, tmp_path_factory) -> Path:
+    """A RUN folder from a short real training: 1 epoch, then --resume up to 3 epochs.
+
+    Shared by several tests (train, resume, export), so the slow part runs once.
+    """
+    from training import train
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert train.main(base_args(toy_data, run, "--epochs", "1")) == 0
+    first = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert first["epochs_done"] == 1
+    # Only the output dir and the new epoch count: the rest comes from RUN/config.json.
+    assert train.main(["--output-dir", str(run), "--resume", "--epochs", "3"]) == 0
+    return run
+
+
+def _history(run: Path) -> list[dict[str, str]]:
+    with (run / "history.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_training_learns_and_writes_the_run_layout(trained_run):
+    rows = _history(trained_run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    for row in rows:
+        assert 0.0 <= float(row["val_mean_iou"]) <= 1.0
+        assert float(row["lr"]) == pytest.approx(0.01)
+        assert float(row["seconds"]) > 0
+    assert (trained_run / "best.keras").is_file()
+    assert (trained_run / "checkpoints" / "last.weights.h5").is_file()
+    assert any((trained_run / "tensorboard").rglob("events.out.tfevents.*"))
+
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["epochs_done"] == 3 and summary["stopped_by"] == "epochs"
+    best = max(float(r["val_mean_iou"]) for r in rows)
+    assert summary["best_val_mean_iou"] == pytest.approx(best, abs=1e-5)
+    assert summary["params"] > 0 and summary["training_seconds"] > 0
+
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["model"] == "unet" and config["image_size"] == [32, 64]
+    assert config["steps_per_epoch"] == 4  # 16 train images / batch 4
+
+
+@pytest.mark.slow
+def test_best_checkpoint_is_the_best_epoch(trained_run, toy_data):
+    import keras
+
+    from training import data, metrics, models  # noqa: F401  (registers the custom layers)
+
+    model = keras.saving.load_model(trained_run / "best.keras", compile=False)
+    metric = metrics.MeanIoU()
+    for images, labels in data.make_dataset(toy_data, "val", batch_size=4, image_size=(32, 64)):
+        metric.update_state(labels, model(images, training=False))
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert float(metric.result()) == pytest.approx(summary["best_val_mean_iou"], abs=1e-4)
+    assert float(metric.result()) > 0.0
+
+
+@pytest.mark.slow
+def test_time_limit_stops_early_and_keeps_best(toy_data, tmp_path):
+    from training import train
+
+    run = tmp_path / "run"
+    # 0.001 min is spent after the first batch; the epoch is still validated and saved.
+    assert train.main(base_args(toy_data, run, "--epochs", "50", "--time-limit", "0.001")) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_by"] == "time_limit"
+    assert summary["epochs_done"] == 1
+    assert (run / "best.keras").is_file()
+    assert len(_history(run)) == 1
+
+
+@pytest.mark.slow
+def test_resume_continued_from_the_last_epoch_with_optimizer_state(trained_run):
+    import keras
+
+    from training import callbacks, losses, models
+
+    rows = _history(trained_run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["epochs_done"] == 3 and summary["resumed_from_epoch"] == 1
+    # Adam's step counter continued: 3 epochs of 4 steps (16 images, batch 4).
+    model = models.build_model("unet", width=4)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=losses.make_loss("ce"))
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(trained_run / "checkpoints" / callbacks.WEIGHTS_FILE)
+    assert int(model.optimizer.iterations) == 12
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["resume"] is True and config["width"] == 4 and config["epochs"] == 3
+
+
+def test_resume_cannot_change_the_architecture(trained_run, capsys):
+    from training import train
+
+    assert train.main(["--output-dir", str(trained_run), "--resume", "--width", "8"]) == 2
+    assert "cannot change width" in capsys.readouterr().err
+
+
+def test_starting_over_an_existing_run_without_resume_is_refused(toy_data, tmp_path, capsys):
+    from training import train
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    assert train.main(base_args(toy_data, run)) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change,message", [
+    (["--model", "nosuchnet"], "unknown model"),
+    (["--image-size", "30x64"], "not divisible by 16"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--epochs", "-1"], "--epochs must be positive"),
+    (["--time-limit", "0"], "--time-limit must be positive"),
+    (["--val-split", "test"], "no TFRecord shards for split 'test'"),
+])
+def test_impossible_configs_fail_with_one_line(change, message, toy_data, tmp_path, capsys):
+    from training import train
+
+    run = tmp_path / "run"
+    assert train.main(base_args(toy_data, run, *change)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cityseg-train: error:") and message in err
+    assert len(err.splitlines()) == 1
+    assert not (run / "config.json").exists()
+
+
+def test_missing_data_dir_and_resume_of_nothing_fail(tmp_path, capsys):
+    from training import train
+
+    assert train.main(base_args(tmp_path / "nope", tmp_path / "run")) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert train.main(["--output-dir", str(tmp_path / "run"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_class_weights_from_stats_balance_by_median_frequency():
+    from training.train import class_weights_from_stats
+
+    pixels = [50, 400, 200, 10, 100, 200, 20, 100]
+    weights = class_weights_from_stats({"train": {"category_pixels": pixels}})
+    assert weights[V.VOID] == 0.0
+    # median of the 7 non-void frequencies is 100/1030; weight = median / own frequency.
+    for c in V.EVALUATED_CATEGORIES:
+        assert weights[c] == pytest.approx(100 / pixels[c], rel=1e-5)
+    given = list(range(8))
+    assert class_weights_from_stats({"class_weights": given, "train": {}}) == given
+    assert class_weights_from_stats({"train": {"images": 3}}) is None
+
+
+def test_cluster_from_tf_config():
+    from training.train import Cluster
+
+    spec = {"cluster": {"worker": ["localhost:1", "localhost:2"]},
+            "task": {"type": "worker", "index": 1}}
+    other = Cluster.from_env({"TF_CONFIG": json.dumps(spec)})
+    assert other.num_workers == 2 and not other.is_chief
+    spec["task"]["index"] = 0
+    assert Cluster.from_env({"TF_CONFIG": json.dumps(spec)}).is_chief
+    spec["cluster"]["chief"] = ["localhost:3"]
+    assert not Cluster.from_env({"TF_CONFIG": json.dumps(spec)}).is_chief
+    assert Cluster.from_env({}).is_chief and Cluster.from_env({}).num_workers == 1
+
+
+def test_help_has_examples(capsys):
+    from training import train
+
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "--time-limit" in out and "TF_CONFIG" in out

@@ -1,0 +1,240 @@
+"""Keras callbacks of the trainer: time budget, per-epoch history CSV, resumable checkpoints.
+
+All of them are safe under `MultiWorkerMirroredStrategy`: a stop decision is agreed by every
+worker (a worker that stops alone would leave the others waiting in a collective forever), and
+the trainer points non-chief workers' file-writing callbacks at a scratch folder.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "mean_iou", "val_mean_iou", "lr", "seconds")
+STATE_FILE = "state.json"
+WEIGHTS_FILE = "last.weights.h5"
+
+
+def _multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())  # pylint: disable=protected-access
+
+
+def any_worker(strategy: tf.distribute.Strategy, flag: bool) -> bool:
+    """True if `flag` is true on any worker (a SUM all-reduce); `flag` itself on one machine."""
+    if not _multi_worker(strategy):
+        return flag
+    per_replica = strategy.run(lambda: tf.constant(1.0 if flag else 0.0))
+    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)) > 0.0
+
+
+def current_lr(optimizer: keras.optimizers.Optimizer) -> float:
+    """The learning rate the optimizer applies now (schedules evaluated at its iteration)."""
+    lr = optimizer.learning_rate
+    if callable(lr):  # a schedule not yet wrapped by the optimizer
+        lr = lr(optimizer.iterations)
+    return float(keras.ops.convert_to_numpy(lr))
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stops training once `budget_seconds` have passed since `start` (monotonic clock).
+
+    Checked after every batch, so the run overshoots by at most one batch plus the epoch's
+    validation and checkpoint writing, which still happen: the stopped epoch is validated and
+    the best checkpoint kept. `stopped` tells the trainer why fit returned.
+    """
+
+    def __init__(self, budget_seconds: float, start: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        if budget_seconds <= 0:
+            raise ValueError(f"time budget must be positive, not {budget_seconds}")
+        self.budget_seconds = float(budget_seconds)
+        self.clock = clock
+        self.start = clock() if start is None else start
+        self.stopped = False
+
+    def _check(self) -> None:
+        spent = self.clock() - self.start >= self.budget_seconds
+        if any_worker(self.model.distribute_strategy, spent) and not self.stopped:
+            self.stopped = True
+            self.model.stop_training = True
+            log.info("time limit of %.1f min reached; finishing this epoch's validation and "
+                     "checkpoints", self.budget_seconds / 60)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Also between epochs, so that no new epoch starts once the budget is gone.
+        self._check()
+
+
+class HistoryCSV(keras.callbacks.Callback):
+    """Appends one row per epoch to `history.csv` (columns `HISTORY_COLUMNS`, epochs 1-based).
+
+    Appends rather than rewrites, so a resumed run continues the same file; the header is
+    written only when the file is new.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__()
+        self.path = Path(path)
+        self._epoch_start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        row = {
+            "epoch": epoch + 1,
+            **{key: _number(logs.get(key)) for key in HISTORY_COLUMNS[1:5]},
+            "lr": current_lr(self.model.optimizer),
+            "seconds": round(time.monotonic() - self._epoch_start, 3),
+        }
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """One INFO line per epoch, for logs that are not a terminal (no progress bar there)."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+        self._epoch_start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        shown = " ".join(f"{k}={_number(v):.4f}" for k, v in sorted((logs or {}).items())
+                         if _number(v) is not None)
+        log.info("epoch %d/%d (%.1fs) %s", epoch + 1, self.epochs,
+                 time.monotonic() - self._epoch_start, shown)
+
+
+class EpochTensorBoard(keras.callbacks.Callback):
+    """Per-epoch scalars in TensorBoard's layout (`train/`, `validation/`, tags `epoch_*`).
+
+    Written with `tf.summary.write` and the scalars plugin's metadata, which is what
+    `keras.callbacks.TensorBoard` produces for epoch scalars, but without needing the
+    `tensorboard` package installed to write them (only to view them).
+    """
+
+    def __init__(self, log_dir: str | os.PathLike):
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self._writers: dict[str, Any] = {}
+        from tensorflow.core.framework import summary_pb2
+
+        self._metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+    def _writer(self, name: str):
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
+        return self._writers[name]
+
+    def on_epoch_end(self, epoch, logs=None):
+        scalars: dict[str, dict[str, float]] = {"train": {}, "validation": {}}
+        for key, value in (logs or {}).items():
+            number = _number(value)
+            if number is None:
+                continue
+            if key.startswith("val_"):
+                scalars["validation"][key[4:]] = number
+            else:
+                scalars["train"][key] = number
+        scalars["train"]["learning_rate"] = current_lr(self.model.optimizer)
+        for name, values in scalars.items():
+            if not values:
+                continue
+            with self._writer(name).as_default():
+                for tag, number in values.items():
+                    tf.summary.write(f"epoch_{tag}", tf.constant(number, tf.float32),
+                                     step=epoch, metadata=self._metadata)
+            self._writer(name).flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+
+class ResumableCheckpoint(keras.callbacks.Callback):
+    """Writes `checkpoints/last.weights.h5` (weights AND optimizer state) and `state.json`.
+
+    `state.json` holds the number of epochs done, the best validation score so far and the
+    training seconds spent, which is all `--resume` needs besides the weights. Both files are
+    written beside their final name and renamed, so a run killed mid-write leaves the previous
+    checkpoint intact.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, monitor: str = "val_mean_iou",
+                 state: dict[str, Any] | None = None, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.folder = Path(folder)
+        self.monitor = monitor
+        self.state = dict(state or {"epochs_done": 0, "best": None, "best_epoch": None,
+                                    "train_seconds": 0.0})
+        self.clock = clock
+        self._since = clock()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = self.clock()
+        self.state["train_seconds"] = round(self.state.get("train_seconds", 0.0)
+                                            + now - self._since, 3)
+        self._since = now
+        self.state["epochs_done"] = epoch + 1
+        value = _number((logs or {}).get(self.monitor))
+        if value is not None and (self.state.get("best") is None or value > self.state["best"]):
+            self.state["best"] = value
+            self.state["best_epoch"] = epoch + 1
+            self.state["best_logs"] = {k: _number(v) for k, v in (logs or {}).items()}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".tmp-{WEIGHTS_FILE}"
+        self.model.save_weights(str(tmp), overwrite=True)
+        os.replace(tmp, self.folder / WEIGHTS_FILE)
+        write_json_atomic(self.folder / STATE_FILE, self.state)
+
+
+def load_state(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The `state.json` written by `ResumableCheckpoint`, or None when there is none."""
+    path = Path(folder) / STATE_FILE
+    if not path.is_file() or not (Path(folder) / WEIGHTS_FILE).is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Writes JSON beside `path` and renames it into place."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(keras.ops.convert_to_numpy(value))
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
