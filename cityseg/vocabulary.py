@@ -119,9 +119,11 @@ def remap_labels(label_ids: np.ndarray) -> np.ndarray:
       uint8 array of the same shape holding category ids.
 
     Raises:
-      InvalidLabelError: if any value is not one of the ids 0..33.
+      InvalidLabelError: if the array is not integer or any value is not one of the ids 0..33.
     """
     ids = np.asarray(label_ids)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise InvalidLabelError(f"label ids must be integers, not {ids.dtype}")
     if ids.size and (ids.min() < 0 or ids.max() >= NUM_LABEL_IDS):
         bad = np.unique(ids[(ids < 0) | (ids >= NUM_LABEL_IDS)])
         raise InvalidLabelError(
@@ -130,16 +132,22 @@ def remap_labels(label_ids: np.ndarray) -> np.ndarray:
 
 
 def colorize(categories: np.ndarray) -> np.ndarray:
-    """Returns an RGB uint8 image [H, W, 3] drawing a category mask [H, W] in the palette."""
+    """Returns an RGB uint8 image [H, W, 3] drawing a category mask [H, W] in the palette.
+
+    Values outside 0..7 (such as an ignore value 255) are drawn in the void colour.
+    """
     palette = np.asarray(PALETTE, dtype=np.uint8)
-    return palette[np.clip(np.asarray(categories), 0, NUM_CATEGORIES - 1)]
+    categories = np.asarray(categories)
+    valid = (categories >= 0) & (categories < NUM_CATEGORIES)
+    return palette[np.where(valid, categories, VOID).astype(np.intp)]
 
 
 # --- Image ids and the raw layout ---------------------------------------------------------
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-IMAGE_ID_PATTERN = r"[a-z]+(?:-[a-z]+)*_\d{6}_\d{6}"
-_IMAGE_ID_RE = re.compile(rf"^(?P<city>[a-z]+(?:-[a-z]+)*)_(?P<seq>\d{{6}})_(?P<frame>\d{{6}})$")
+# ASCII digits only: `\d` would also accept other scripts' digits, giving one image two ids.
+IMAGE_ID_PATTERN = r"[a-z]+(?:-[a-z]+)*_[0-9]{6}_[0-9]{6}"
+_IMAGE_ID_RE = re.compile(r"(?P<city>[a-z]+(?:-[a-z]+)*)_(?P<seq>[0-9]{6})_(?P<frame>[0-9]{6})")
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 IMAGE_DIR = "leftImg8bit"
@@ -171,7 +179,7 @@ def parse_image_id(text: str) -> ImageId:
     """
     if not isinstance(text, str) or len(text) > MAX_IMAGE_ID_LENGTH:
         raise InvalidImageIdError("image id must be a short string like frankfurt_000000_000294")
-    match = _IMAGE_ID_RE.match(text)
+    match = _IMAGE_ID_RE.fullmatch(text)  # fullmatch: no trailing newline slips through
     if match is None:
         shown = text if len(text) <= 40 else text[:40] + "..."
         raise InvalidImageIdError(
