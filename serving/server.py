@@ -246,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="0.0.0.0", help="address to bind")
     parser.add_argument("--file_system_poll_wait_seconds", "--poll-seconds", type=float,
                         default=1.0, help="how often to look for new versions (0: never)")
-    parser.add_argument("--enable_batching", action="store_true",
-                        help="merge concurrent requests into batched calls")
+    parser.add_argument("--enable_batching", type=_flag_bool, nargs="?", const=True,
+                        default=False, help="merge concurrent requests into batched calls")
     parser.add_argument("--batching_parameters_file", type=Path,
                         help="BatchingParameters text proto (implies --enable_batching)")
     parser.add_argument("--rest_api_timeout_in_ms", type=int, default=30000)
@@ -257,8 +257,25 @@ def build_parser() -> argparse.ArgumentParser:
                         default=max(8, 4 * (os.cpu_count() or 1)))
     parser.add_argument("--monitoring_config_file", type=Path,
                         help="MonitoringConfig text proto enabling Prometheus metrics on REST")
+    parser.add_argument("--allow_version_labels_for_unavailable_models", type=_flag_bool,
+                        nargs="?", const=True, default=True,
+                        help="accepted for tensorflow_model_server compatibility: labels may "
+                             "always name versions that are not loaded yet")
+    parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0,
+                        help="accepted for compatibility; the model config is read once at "
+                             "start (version folders are still polled)")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
+
+
+def _flag_bool(text: str) -> bool:
+    """tensorflow_model_server's boolean flags: --flag, --flag=true, --flag=false."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
 def options_from_args(args: argparse.Namespace) -> ServerOptions:
