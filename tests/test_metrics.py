@@ -118,13 +118,18 @@ def test_keras_metric_equals_numpy_eager_over_batches(include_void, key):
     assert float(metric.result()) == 0.0
 
 
-def test_keras_metric_equals_numpy_in_model_evaluate():
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_keras_metric_equals_numpy_in_model_evaluate(jit_compile):
     labels, logits = _random_batch(11, shape=(6, 8, 8))
-    inputs = keras.Input((8, 8, 8))
+    # As in the trainer: any input size, tf.data batches, and (jit_compile) an XLA-compiled
+    # step, which has no kernel for a bincount of data-dependent size.
+    inputs = keras.Input((None, None, 8))
     model = keras.Model(inputs, keras.layers.Identity()(inputs))
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[M.MeanIoU(), M.MeanIoU(include_void=True, name="mean_iou_8")])
-    result = model.evaluate(logits, labels, batch_size=4, verbose=0, return_dict=True)
+                  metrics=[M.MeanIoU(), M.MeanIoU(include_void=True, name="mean_iou_8")],
+                  jit_compile=jit_compile)
+    dataset = tf.data.Dataset.from_tensor_slices((logits, labels)).batch(4)
+    result = model.evaluate(dataset, verbose=0, return_dict=True)
     summary = M.summarize(M.confusion_matrix(labels, logits.argmax(-1)))
     assert result["mean_iou"] == pytest.approx(summary["mean_iou_7"], abs=1e-6)
     assert result["mean_iou_8"] == pytest.approx(summary["mean_iou_8"], abs=1e-6)

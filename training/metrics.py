@@ -172,8 +172,10 @@ class MeanIoU(keras.metrics.Metric):
             weight = tf.broadcast_to(weight, tf.shape(truth)) if weight.shape.rank == 0 else weight
             valid = tf.logical_and(valid, weight > 0)
         index = tf.where(valid, truth * n + pred, 0)
-        counts = tf.math.bincount(index, weights=tf.cast(valid, tf.int32),
-                                  minlength=n * n, maxlength=n * n)
+        # A segment sum, not tf.math.bincount: the trainer compiles its step with XLA, which
+        # has no DenseBincount kernel. int32 keeps per-batch counts exact (float32 would not
+        # be past 2**24 pixels, i.e. 8 full-size frames).
+        counts = tf.math.unsorted_segment_sum(tf.cast(valid, tf.int32), index, n * n)
         self.total_cm.assign_add(tf.reshape(tf.cast(counts, tf.float64), [n, n]))
 
     def result(self):
