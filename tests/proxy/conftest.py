@@ -238,3 +238,8 @@ def proxy_app_factory(dataset):
 def secret() -> bytes:
     """Bytes stored outside the raw root that must never appear in a response."""
     return SECRET
+
+
+@pytest.fixture
+def free_tcp_port() -> int:
+    return free_port()
