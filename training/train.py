@@ -337,6 +337,8 @@ def _fit(cfg: TrainConfig, cluster: Cluster, strategy, stats: dict[str, Any], ou
                                       ignore_class=V.VOID if cfg.ignore_void else None),
                 metrics=[metrics.MeanIoU(name="mean_iou")],
                 jit_compile=cfg.jit_compile and not multi)
+            if multi:
+                _patch_keras_for_multi_worker(model)
             initial_epoch = 0
             if saved_state is not None:
                 optimizer.build(model.trainable_variables)
@@ -397,6 +399,52 @@ def _fit(cfg: TrainConfig, cluster: Cluster, strategy, stats: dict[str, Any], ou
         return summary
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _patch_keras_for_multi_worker(model) -> None:
+    """Works around Keras 3 `fit` failing under MultiWorkerMirroredStrategy.
+
+    keras-team/keras#20585 (still open in Keras 3.15), two places in Keras' TF trainer:
+    - the compiled state is built from the first batch by `strategy.reduce`-ing the whole
+      (images, labels) tuple, which the collective strategy cannot do ("Attempt to convert a
+      value (PerReplica ...)"). The build only needs shapes and dtypes, so this instance
+      override takes this worker's local replica's batch;
+    - each step's logs (scalars) are reduced with `axis=0`, which fails on scalars; they are
+      all-reduced with `axis=None` instead (the mean over workers).
+    Everything else in `fit` is Keras' own. Only called in multi-worker processes.
+    """
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original_reduce = getattr(tf_trainer.reduce_per_replica, "__wrapped__",
+                              tf_trainer.reduce_per_replica)
+
+    def reduce_per_replica(values, strategy, reduction="auto"):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(
+                strategy):  # pylint: disable=protected-access
+            return tf.nest.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original_reduce(values, strategy, reduction)
+
+    reduce_per_replica.__wrapped__ = original_reduce
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+    strategy = model.distribute_strategy
+
+    def local(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(local, next(it))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)  # pylint: disable=protected-access
+
+    model._maybe_symbolic_build = maybe_symbolic_build  # pylint: disable=protected-access
 
 
 def _learning_rate(cfg: TrainConfig, steps_per_epoch: int):
