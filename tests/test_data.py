@@ -119,6 +119,7 @@ def test_resized_augmented_batches_have_contract_shapes_and_ranges(data_dir):
     assert count == 3
 
 
+@pytest.mark.slow
 def test_seed_makes_shuffle_and_augmentation_reproducible(data_dir):
     root, _ = data_dir
 
@@ -141,6 +142,24 @@ def test_shuffle_changes_order_and_repeat_gives_new_epochs(data_dir):
     assert all(e == list(range(12)) for e in epochs)
     orders = [_indices(ds.skip(i).take(1)) for i in range(2)]
     assert orders[0] != list(range(12))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", [True, "file"])
+def test_cache_matches_the_uncached_pipeline(data_dir, tmp_path, cache):
+    root, _ = data_dir
+    cache = str(tmp_path / "cache") if cache == "file" else cache
+    plain = data.make_dataset(root, "train", batch_size=12, image_size=(16, 32), seed=0)
+    cached = data.make_dataset(root, "train", batch_size=12, image_size=(16, 32), seed=0,
+                               cache=cache, repeat=True)
+    (x, y), = list(plain)
+    for cx, cy in cached.take(2):  # the second epoch comes from the cache
+        np.testing.assert_allclose(cx.numpy(), x.numpy(), atol=0.5 / 255 + 1e-6)
+        np.testing.assert_array_equal(cy.numpy(), y.numpy())
+    augmented = data.make_dataset(root, "train", batch_size=12, image_size=(16, 32), seed=0,
+                                  cache=cache, repeat=True, augment=True, shuffle=True)
+    first, second = (b[0].numpy() for b in augmented.take(2))
+    assert not np.allclose(first, second)  # fresh augmentation on cached epochs
 
 
 @pytest.mark.parametrize("split, pipelines", [("train", 3), ("val", 2)])
