@@ -76,8 +76,9 @@ class LoadedVersion:
         """Validates inputs against the signature and runs it (through the batcher if any).
 
         Raises:
-          RequestError: NOT_FOUND for an unknown signature, INVALID_ARGUMENT for bad inputs or a
-            TF op that rejects them (e.g. undecodable image bytes).
+          RequestError: FAILED_PRECONDITION for an unknown signature (as TF Serving),
+            INVALID_ARGUMENT for bad inputs or a TF op that rejects them (e.g. undecodable
+            image bytes).
         """
         if signature not in self.signatures:
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
