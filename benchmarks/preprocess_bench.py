@@ -1,0 +1,184 @@
+"""Speed of `cityseg-preprocess` against a plain Python loop doing the same work.
+
+    python benchmarks/preprocess_bench.py [--images 96] [--compare-modes]
+
+Generates N full-resolution (1024x2048) synthetic Cityscapes pairs, then times
+  (a) loop: one fresh process, one pair after another: decode, remap, resize to 512x1024, PNG-encode,
+      write the sharded TFRecords (the same preprocessing.records functions the job uses);
+  (b) job:  the console script exactly as the README runs it (`cityseg-preprocess --input-root
+      RAW --output-dir DATA`, i.e. the CLI's DirectRunner default: one worker process per core);
+  floor:    tf.io.decode_png of every image and label, timed on one core, divided by the cores
+      (no preprocessing can beat decoding its input once).
+With --compare-modes the job also runs with the other DirectRunner modes, which is the evidence
+for the CLI's default. Writes docs/benchmarks/preprocess.json.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FULL_SIZE = (1024, 2048)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def generate(raw: Path, images: int) -> None:
+    from preprocessing import synth
+    cities = max(1, math.ceil(images / 16))
+    per_city = math.ceil(images / cities)
+    synth.generate(raw, cities=cities, images_per_city=per_city, splits=("train",),
+                   sizes=(FULL_SIZE,), seed=0)
+
+
+def time_loop(raw: Path, out: Path) -> float:
+    """The plain single-process loop: same functions, same output files, no Beam."""
+    from preprocessing import records
+    start = time.perf_counter()
+    pairs, _ = records.discover(str(raw), ["train"])
+    num_shards = records.auto_num_shards(len(pairs))
+    shards: dict[int, list[tuple[str, bytes]]] = collections.defaultdict(list)
+    for pair in pairs:
+        encoded = records.encode_pair(str(raw), pair, records.DEFAULT_IMAGE_SIZE)
+        shards[records.shard_for(pair.image_id, num_shards)].append(
+            (pair.image_id, encoded.example))
+    for index in range(num_shards):
+        records.write_shard(records.shard_path(str(out), "train", index, num_shards),
+                            (example for _, example in sorted(shards[index])))
+    return time.perf_counter() - start
+
+
+def time_loop_process(raw: Path, out: Path) -> tuple[float, float]:
+    """Runs the loop in a fresh interpreter, like the job: (wall seconds with start-up and
+    imports, seconds of the loop itself)."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--loop-only", str(raw), str(out)],
+                          capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"loop failed:\n{proc.stderr[-3000:]}")
+    return elapsed, float(proc.stdout.strip().splitlines()[-1])
+
+
+def time_job(raw: Path, out: Path, extra: list[str]) -> float:
+    script = Path(sys.executable).with_name("cityseg-preprocess")
+    command = [str(script) if script.exists() else "cityseg-preprocess",
+               "--input-root", str(raw), "--output-dir", str(out), *extra]
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"job failed ({' '.join(command)}):\n{proc.stderr[-3000:]}")
+    return elapsed
+
+
+def time_decode_floor(raw: Path) -> float:
+    """Seconds to decode every PNG of the tree once on one core."""
+    import tensorflow as tf
+    # One decode_png op runs on one thread, so a sequential loop measures one core.
+    files = sorted(raw.rglob("*.png"))
+    blobs = [(f.read_bytes(), 3 if "leftImg8bit" in f.name else 1) for f in files]
+    tf.io.decode_png(blobs[0][0], channels=blobs[0][1])  # warm-up
+    start = time.perf_counter()
+    for data, channels in blobs:
+        tf.io.decode_png(data, channels=channels)
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # ~100 pairs: enough that the job's fixed start-up (interpreter, TensorFlow in each
+    # worker) is not the whole story; 24 is a quick check.
+    parser.add_argument("--images", type=int, default=96, help="full-resolution pairs")
+    parser.add_argument("--compare-modes", action="store_true",
+                        help="also time in_memory and multi_threading DirectRunner modes")
+    parser.add_argument("--work-dir", default=None, help="keep data here (default: a temp dir)")
+    parser.add_argument("--output", default=str(REPO / "docs/benchmarks/preprocess.json"))
+    parser.add_argument("--loop-only", nargs=2, metavar=("RAW", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.loop_only:
+        print(time_loop(Path(args.loop_only[0]), Path(args.loop_only[1])))
+        return 0
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="preprocess-bench-"))
+    raw = work / "raw"
+    try:
+        if not raw.exists():
+            print(f"generating {args.images} pairs at {FULL_SIZE[0]}x{FULL_SIZE[1]} ...")
+            generate(raw, args.images)
+        images = len(list((raw / "leftImg8bit").rglob("*.png")))
+        cores = os.cpu_count() or 1
+        results = {}
+        print("timing the plain loop ...")
+        results["loop"], loop_compute = time_loop_process(raw, work / "loop")
+        print(f"  {results['loop']:.1f} s ({loop_compute:.1f} s without start-up)")
+        print("timing the job as the README runs it ...")
+        results["job"] = time_job(raw, work / "job", [])
+        print(f"  {results['job']:.1f} s")
+        if args.compare_modes:
+            for mode in ("in_memory", "multi_threading"):
+                print(f"timing the job with --direct_running_mode={mode} ...")
+                flags = [f"--direct_running_mode={mode}"]
+                if mode != "in_memory":
+                    flags.append("--direct_num_workers=0")
+                results[f"job_{mode}"] = time_job(raw, work / f"job_{mode}", flags)
+                print(f"  {results[f'job_{mode}']:.1f} s")
+        decode = time_decode_floor(raw)
+        same = _same_records(work / "loop", work / "job")
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+
+    report = {
+        "machine": {"nproc": cores, "cpu_model": cpu_model(), "python": platform.python_version(),
+                    "note": "shared machine while measured: figures are noisy"},
+        "images": images,
+        "raw_size": list(FULL_SIZE),
+        "output_size": [512, 1024],
+        "job_command": "cityseg-preprocess --input-root RAW --output-dir DATA",
+        "seconds": {k: round(v, 2) for k, v in results.items()},
+        "images_per_s": {k: round(images / v, 3) for k, v in results.items()},
+        "loop_seconds_without_startup": round(loop_compute, 2),
+        "floor": {"decode_seconds_one_core": round(decode, 2),
+                  "seconds_on_all_cores": round(decode / cores, 2),
+                  "images_per_s": round(images / (decode / cores), 3)},
+        "ratios": {"loop_over_job": round(results["loop"] / results["job"], 3),
+                   "job_over_floor": round(results["job"] / (decode / cores), 3)},
+        "job_records_equal_loop_records": same,
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _same_records(a: Path, b: Path) -> bool:
+    """The loop and the job must have produced byte-identical shards."""
+    def shards(root: Path) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted((root / "tfrecords" / "train").glob("*.tfrecord"))}
+    return shards(a) == shards(b)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
