@@ -303,6 +303,7 @@ def _fit(cfg: TrainConfig, cluster: Cluster, strategy, stats: dict[str, Any], ou
 
     out.mkdir(parents=True, exist_ok=True)
     resolved = {**dataclasses.asdict(cfg), "image_size": list(cfg.image_size),
+                "data_dir": str(Path(cfg.data_dir).resolve()),
                 "global_batch_size": global_batch, "num_workers": cluster.num_workers,
                 "steps_per_epoch": steps, "validation_steps": val_steps,
                 "train_images": train_images, "val_images": val_images,
