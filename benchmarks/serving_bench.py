@@ -17,6 +17,9 @@ import json
 import logging
 import os
 import platform
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -118,6 +121,47 @@ def throughput(target: str, model: str, image: bytes, clients: int, requests: in
             "images_per_s": round(clients * requests / elapsed, 2), **percentiles(latencies)}
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`cityseg-serve` in its own process, as deployed (client and server share no GIL)."""
+
+    def __init__(self, models_dir: Path, model: str, *extra: str):
+        from serving.client import RestClient, ServingError
+
+        self.grpc_port, self.rest_port = free_port(), free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "serving.server", "--models-dir", str(models_dir),
+             "--host", "127.0.0.1", "--grpc-port", str(self.grpc_port),
+             "--rest-port", str(self.rest_port), "--file_system_poll_wait_seconds", "0", *extra],
+            cwd=ROOT)
+        client = RestClient(f"http://127.0.0.1:{self.rest_port}", timeout_s=5)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if any(state == "AVAILABLE" for _, state in client.model_status(model)):
+                    return
+            except ServingError:
+                pass
+            if self.process.poll() is not None:
+                raise RuntimeError(f"cityseg-serve exited with {self.process.returncode}")
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("cityseg-serve did not load the model within 300 s")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 def machine() -> dict:
     cpu = platform.processor()
     try:
@@ -154,7 +198,6 @@ def main(argv=None) -> int:
 
     from serving.client import GrpcClient, RestClient, string_tensor
     from serving.config import BatchingOptions
-    from serving.server import start_server
 
     temp = None
     if args.models_dir is None:
@@ -183,7 +226,7 @@ def main(argv=None) -> int:
                         "input_size": args.input_size if temp is not None else None},
               "machine": machine(), "latency": {}, "response_bytes": {}, "throughput": {}}
 
-    server = start_server(models_dir, host="127.0.0.1", poll_wait_s=0)
+    server = ServerProcess(models_dir, model)
     try:
         target = f"127.0.0.1:{server.grpc_port}"
         with GrpcClient(target, timeout_s=300) as client:
@@ -228,8 +271,11 @@ def main(argv=None) -> int:
         server.stop()
 
     batching = BatchingOptions(max_batch_size=8, batch_timeout_micros=5000, num_batch_threads=1)
-    server = start_server(models_dir, host="127.0.0.1", poll_wait_s=0, rest_port=None,
-                          batching=batching)
+    batching_file = Path(tempfile.mkdtemp(prefix="serving-bench-")) / "batching.txt"
+    batching_file.write_text(f"max_batch_size {{ value: {batching.max_batch_size} }}\n"
+                             f"batch_timeout_micros {{ value: {batching.batch_timeout_micros} }}\n"
+                             f"num_batch_threads {{ value: {batching.num_batch_threads} }}\n")
+    server = ServerProcess(models_dir, model, "--batching_parameters_file", str(batching_file))
     try:
         target = f"127.0.0.1:{server.grpc_port}"
         result["throughput"]["batching"] = []
