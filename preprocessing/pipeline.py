@@ -285,7 +285,8 @@ def write_stats(per_split: dict[str, dict], config: PreprocessConfig) -> str:
     splits = {}
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path, "r") as handle:
-            splits = json.load(handle).get("splits", {})
+            earlier = json.load(handle)
+        splits = {name: earlier[name] for name in vocab.SPLITS if name in earlier}
     for split in config.splits:
         splits[split] = per_split.get(split, records.split_stats(()))
     document = records.stats_document(splits, config.image_size)
@@ -470,7 +471,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> Su
 def _summarise(config: PreprocessConfig, num_shards: dict[str, int],
                removed: list[str]) -> Summary:
     with tf.io.gfile.GFile(posixpath.join(config.output_dir, vocab.STATS_FILE)) as f:
-        splits = json.load(f)["splits"]
+        splits = json.load(f)
     rows = records.read_jsonl(posixpath.join(config.output_dir, vocab.REJECTED_FILE))
     reasons = collections.Counter(row["reason"] for row in rows if row["split"] in config.splits)
     return Summary(config.output_dir,

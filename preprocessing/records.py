@@ -492,14 +492,16 @@ def merge_split_stats(parts: Iterable[dict]) -> dict:
 
 
 def stats_document(splits: dict[str, dict], image_size: tuple[int, int] | None) -> dict:
-    """The stats.json document: per-split counts and class weights derived from train."""
+    """The stats.json document: one entry per split (the contract's layout:
+    `stats[split]["images"]`, `stats[split]["category_pixels"]`) and class weights derived
+    from train."""
     train = splits.get("train")
     weights = (class_weights(train["category_pixels"], train["category_image_pixels"])
                if train and train["images"] else None)
     return {
         "categories": list(vocab.CATEGORIES),
         "image_size": list(image_size) if image_size else "native",
-        "splits": {name: splits[name] for name in sorted(splits)},
+        **{name: splits[name] for name in sorted(splits)},
         "class_weights": weights,
         "class_weights_method": CLASS_WEIGHTS_METHOD,
         "class_weights_split": "train",

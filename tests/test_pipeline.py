@@ -220,8 +220,8 @@ def test_run_writes_records_manifest_stats_and_every_reject(raw, first_run):
             expected = vocab.remap_labels(raw.labels[image_id][1::2, 1::2])
             np.testing.assert_array_equal(label[..., 0], expected)
             pixels += np.bincount(label.ravel(), minlength=vocab.NUM_CATEGORIES)
-        assert stats["splits"][split]["images"] == len(ids)
-        assert stats["splits"][split]["category_pixels"] == pixels.tolist()
+        assert stats[split]["images"] == len(ids)
+        assert stats[split]["category_pixels"] == pixels.tolist()
         assert sum(pixels) == len(ids) * SIZE[0] * SIZE[1]
     assert stats["class_weights_method"] == "median_frequency"
     assert len(stats["class_weights"]) == vocab.NUM_CATEGORIES
@@ -268,7 +268,7 @@ def test_rerunning_one_split_keeps_the_others_in_manifest_and_stats(raw, first_r
     manifest = [json.loads(line) for line in (out / vocab.MANIFEST_FILE).read_text().splitlines()]
     assert sorted({m["split"] for m in manifest}) == ["train", "val"]
     stats = json.loads((out / vocab.STATS_FILE).read_text())
-    assert stats["splits"]["train"]["images"] == 3 and stats["class_weights"]
+    assert stats["train"]["images"] == 3 and stats["class_weights"]
     rejected = (out / vocab.REJECTED_FILE).read_text()
     assert raw.bad[records.SIZE_MISMATCH] in rejected  # a train reject, kept
 
