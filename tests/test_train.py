@@ -202,6 +202,7 @@ def test_resume_continued_from_the_last_epoch_with_optimizer_state(trained_run):
     assert config["resume"] is True and config["width"] == 4 and config["epochs"] == 3
 
 
+@pytest.mark.slow
 def test_resume_cannot_change_the_architecture(trained_run, capsys):
     from training import train
 

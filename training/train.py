@@ -315,9 +315,12 @@ def _fit(cfg: TrainConfig, cluster: Cluster, strategy, stats: dict[str, Any], ou
     if cfg.seed is not None:
         keras.utils.set_random_seed(cfg.seed)
     previous_policy = keras.mixed_precision.global_policy()
+    gpu = bool(tf.config.list_logical_devices("GPU"))
+    # XLA's collectives do not mix with the multi-worker strategy's, and XLA on CPU rejects
+    # the mixed bfloat16/float32 gradients of dropout.
+    jit_compile = cfg.jit_compile and not multi and not (cfg.mixed_precision and not gpu)
     if cfg.mixed_precision:
         # float16 needs a GPU to pay off; bfloat16 is the CPU/TPU mixed type.
-        gpu = bool(tf.config.list_logical_devices("GPU"))
         keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
     try:
         train_ds = data.make_dataset(
@@ -337,7 +340,7 @@ def _fit(cfg: TrainConfig, cluster: Cluster, strategy, stats: dict[str, Any], ou
                 loss=losses.make_loss(cfg.loss, cfg.class_weights,
                                       ignore_class=V.VOID if cfg.ignore_void else None),
                 metrics=[metrics.MeanIoU(name="mean_iou")],
-                jit_compile=cfg.jit_compile and not multi)
+                jit_compile=jit_compile)
             if multi:
                 _patch_keras_for_multi_worker(model)
             initial_epoch = 0
