@@ -143,11 +143,7 @@ def load_keras_model(path: Path):
     import keras
     # The architectures' custom layers register themselves with Keras when their module is
     # imported; without it a saved model using them cannot be deserialised.
-    try:
-        import training.models  # noqa: F401
-    except ModuleNotFoundError as err:
-        if err.name != "training.models":
-            raise
+    import training.models  # noqa: F401
     return keras.models.load_model(path, compile=False)
 
 
