@@ -28,8 +28,10 @@ import numpy as np
 
 from cityseg import vocabulary as V
 from cityseg.cli import CliError, HelpFormatter, parse_size, run_cli, setup_logging
-from training import metrics as M
 from training import plots
+
+# TensorFlow (and training.metrics, which needs it) is imported inside the functions that use
+# it: `--help` and flag errors answer at once, and setup_logging() quietens TF before it loads.
 
 log = logging.getLogger("cityseg.evaluate")
 
@@ -228,6 +230,8 @@ def accumulate(batches: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]],
     Raises:
       ValueError: if no batch holds an image.
     """
+    from training import metrics as M
+
     cm = np.zeros((V.NUM_CATEGORIES, V.NUM_CATEGORIES), dtype=np.int64)
     images = 0
     samples = []
@@ -266,6 +270,8 @@ def model_title(source: ModelSource) -> str:
 def write_report(evaluation: Evaluation, report_dir: Path, *, source: ModelSource, split: str,
                  data_dir: Path, seconds: float) -> dict[str, Any]:
     """Writes metrics.json and the plots; returns the metrics dict."""
+    from training import metrics as M
+
     report_dir.mkdir(parents=True, exist_ok=True)
     summary = M.summarize(evaluation.cm)
     title = f"{model_title(source)} - {split}"
