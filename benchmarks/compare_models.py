@@ -312,8 +312,9 @@ def data_facts(data: Path, generated: bool, args: argparse.Namespace) -> dict[st
     stats = read_json(data / "stats.json")
 
     def images(split: str) -> int | None:
-        entry = (stats.get("splits") or {}).get(split) or {}
-        return entry.get("images")
+        # stats.json keeps per-split facts under the split's name (older runs: under "splits").
+        entry = stats.get(split) or (stats.get("splits") or {}).get(split) or {}
+        return entry.get("images") if isinstance(entry, dict) else None
 
     description = (f"synthetic scenes (`cityseg-synth --cities {args.synth_cities} "
                    f"--images-per-city {args.synth_images_per_city} --seed {args.seed}`, "
