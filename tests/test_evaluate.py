@@ -25,7 +25,7 @@ COLOURS = {(0, 0, 0): 0, (255, 0, 0): 1, (0, 255, 0): 4, (0, 0, 255): 5}
 
 
 def tiny_model():
-    """logits[c] = W[:, c] . rgb + b[c]: black -> void, red -> flat, green -> nature, blue -> sky."""
+    """A 1x1 conv: black -> void, red -> flat, green -> nature, blue -> sky, by wide margins."""
     import keras
 
     inputs = keras.Input((None, None, 3))
@@ -84,7 +84,7 @@ def _int(value: int) -> tf.train.Feature:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """DATA with val (5 scenes) and train (4) splits; the model as .keras, as a run folder and exported."""
+    """DATA with val (5 scenes) and train (4); the model as .keras, run folder and SavedModel."""
     from training.export import export_model
 
     root = tmp_path_factory.mktemp("evaluate")

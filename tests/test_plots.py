@@ -1,4 +1,4 @@
-"""The report figures render to non-trivial PNGs, including with undefined IoUs and sparse history."""
+"""The report figures render to non-trivial PNGs, also with undefined IoUs and sparse history."""
 from __future__ import annotations
 
 import numpy as np
