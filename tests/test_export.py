@@ -144,3 +144,22 @@ def test_not_a_run_fails_with_one_line(tmp_path, capsys):
     code, _, err = _export(capsys, "--run-dir", str(tmp_path), "--models-dir",
                            str(tmp_path / "m"), "--name", "toy")
     assert code == 2 and "neither best.keras" in err
+
+
+@pytest.mark.parametrize("name", ["unet", "pspnet", "fcn8", "fastscnn"])
+def test_every_architecture_exports_and_serves_any_size(name, tmp_path):
+    """The serving graph sees unknown heights and widths: every builder must trace there."""
+    import tensorflow as tf
+
+    from training.export import export_model
+    from training.models import MODEL_BUILDERS, build_model, model_stride
+
+    assert set(MODEL_BUILDERS) == {"unet", "pspnet", "fcn8", "fastscnn"}
+    stride = model_stride(name)
+    model = build_model(name, width=4)
+    version = export_model(model, tmp_path, name, input_size=(stride * 2, stride * 4))
+    serve = tf.saved_model.load(str(version)).signatures[V.SIGNATURE_NAME]
+    image = _encode(np.random.default_rng(0).integers(0, 255, (45, 71, 3), np.uint8), "PNG")
+    (mask,) = serve(**{V.INPUT_KEY: tf.constant([image])})[V.OUTPUT_KEY].numpy()
+    decoded = np.asarray(Image.open(io.BytesIO(mask)))
+    assert decoded.shape == (45, 71) and decoded.max() < V.NUM_CATEGORIES

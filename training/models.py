@@ -138,11 +138,15 @@ def inverted_residual(x, filters: int, *, strides: int = 1, expansion: int = 6, 
     return y
 
 
-def logits_head(x, num_classes: int, *, upsample: int = 1, name: str = "classifier"):
-    """1x1 conv to class scores, bilinear upsampling to the input size, float32 output."""
+def logits_head(x, num_classes: int, *, reference=None, name: str = "classifier"):
+    """1x1 conv to class scores, bilinear resize to `reference`'s size, float32 output.
+
+    Resizing to a reference tensor (not UpSampling2D by a factor) keeps the graph valid when
+    height and width are unknown, as they are inside the exported serving function.
+    """
     x = layers.Conv2D(num_classes, 1, name=name)(x)
-    if upsample > 1:
-        x = layers.UpSampling2D(upsample, interpolation="bilinear", name=f"{name}_up")(x)
+    if reference is not None:
+        x = ResizeLike(name=f"{name}_up")([x, reference])
     # float32 so softmax/loss are stable under a mixed-precision policy.
     return layers.Activation("linear", dtype="float32", name="logits")(x)
 
@@ -221,7 +225,7 @@ def build_pspnet(num_classes: int = V.NUM_CATEGORIES, *, input_shape=(None, None
     x = pyramid_pooling(x, width * 2, name="ppm")
     x = conv_bn_relu(x, width * 4, name="fuse")
     x = layers.Dropout(0.1, name="fuse_dropout")(x)
-    model = keras.Model(inputs, logits_head(x, num_classes, upsample=8), name="pspnet")
+    model = keras.Model(inputs, logits_head(x, num_classes, reference=inputs), name="pspnet")
     return _load_weights(model, weights)
 
 
@@ -317,7 +321,7 @@ def build_fastscnn(num_classes: int = V.NUM_CATEGORIES, *, input_shape=(None, No
     x = conv_bn_relu(x, _scaled(128, s), 1, name="gfe_ppm_project")
     # Feature fusion: global (stride 32) upsampled to stride 8, meets the high-res branch.
     fused = _scaled(128, s)
-    low = layers.UpSampling2D(4, interpolation="bilinear", name="ffm_up")(x)
+    low = ResizeLike(name="ffm_up")([x, high_res])
     low = layers.DepthwiseConv2D(3, padding="same", dilation_rate=4, use_bias=False,
                                  name="ffm_dw")(low)
     low = layers.BatchNormalization(name="ffm_dw_bn")(low)
@@ -331,7 +335,7 @@ def build_fastscnn(num_classes: int = V.NUM_CATEGORIES, *, input_shape=(None, No
     x = separable_conv_bn_relu(x, fused, name="cls_ds1")
     x = separable_conv_bn_relu(x, fused, name="cls_ds2")
     x = layers.Dropout(0.1, name="cls_dropout")(x)
-    model = keras.Model(inputs, logits_head(x, num_classes, upsample=8), name="fastscnn")
+    model = keras.Model(inputs, logits_head(x, num_classes, reference=inputs), name="fastscnn")
     return _load_weights(model, weights)
 
 
