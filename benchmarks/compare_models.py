@@ -86,9 +86,11 @@ def prepare_data(args: argparse.Namespace, work: Path) -> Path:
     raw = work / "raw"
     shutil.rmtree(raw, ignore_errors=True)
     shutil.rmtree(data, ignore_errors=True)
-    run_step("cityseg-synth", [raw, "--cities", args.synth_cities, "--images-per-city",
-                               args.synth_images_per_city, "--splits", "train,val",
-                               "--seed", args.seed], work / "logs" / "synth.log")
+    val_per_city = args.synth_val_images_per_city or args.synth_images_per_city
+    for split, per_city in (("train", args.synth_images_per_city), ("val", val_per_city)):
+        run_step("cityseg-synth", [raw, "--cities", args.synth_cities, "--images-per-city",
+                                   per_city, "--splits", split, "--seed", args.seed],
+                 work / "logs" / f"synth-{split}.log")
     run_step("cityseg-preprocess", ["--input-root", raw, "--output-dir", data,
                                     "--splits", "train,val",
                                     "--image-size", "x".join(map(str, args.record_size))],
@@ -312,12 +314,13 @@ def data_facts(data: Path, generated: bool, args: argparse.Namespace) -> dict[st
     stats = read_json(data / "stats.json")
 
     def images(split: str) -> int | None:
-        # stats.json keeps per-split facts under the split's name (older runs: under "splits").
-        entry = stats.get(split) or (stats.get("splits") or {}).get(split) or {}
+        entry = stats.get(split) or {}
         return entry.get("images") if isinstance(entry, dict) else None
 
+    val_per_city = args.synth_val_images_per_city or args.synth_images_per_city
     description = (f"synthetic scenes (`cityseg-synth --cities {args.synth_cities} "
-                   f"--images-per-city {args.synth_images_per_city} --seed {args.seed}`, "
+                   f"--images-per-city {args.synth_images_per_city} (val: {val_per_city}) "
+                   f"--seed {args.seed}`, "
                    f"records at {'x'.join(map(str, args.record_size))})"
                    if generated else f"`{_relative(data)}`")
     return {"path": _relative(data), "description": description, "train_images": images("train"),
@@ -364,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--synth-cities", type=int, default=3, help="synthetic cities per split")
     parser.add_argument("--synth-images-per-city", type=int, default=20,
                         help="synthetic images per city and split")
+    parser.add_argument("--synth-val-images-per-city", type=int, default=None,
+                        help="synthetic val images per city (default: as for train)")
     parser.add_argument("--record-size", type=parse_size, default=(256, 512),
                         help="HxW of the generated records (cityseg-preprocess --image-size)")
     parser.add_argument("--regenerate", action="store_true",

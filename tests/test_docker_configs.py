@@ -133,6 +133,14 @@ def test_proxy_dockerfile_command_is_a_valid_proxy_command_line(compose):
     assert compose["services"]["proxy"]["depends_on"]["tfserving"]["condition"] == "service_healthy"
 
 
+def test_plain_compose_up_runs_the_job_then_serving_then_the_proxy(compose):
+    jobs = compose["services"]["jobs"]
+    assert "profiles" not in jobs  # `docker compose up` starts it without flags
+    tfs_deps = compose["services"]["tfserving"]["depends_on"]
+    assert tfs_deps["jobs"]["condition"] == "service_completed_successfully"
+    assert volume_mounts(jobs)["/models"] == volume_mounts(compose["services"]["tfserving"])["/models"]
+
+
 def jobs_commands() -> list[list[str]]:
     lines = [line for line in (DOCKER / "jobs.sh").read_text().splitlines()
              if line.startswith("cityseg-")]

@@ -1,0 +1,290 @@
+"""Builds docs/REPORT.md and its plots from the committed benchmark figures.
+
+    python scripts/make_report.py
+
+Nothing in the report is typed by hand: every number comes from a JSON file under
+docs/benchmarks/, written by the benchmark command named next to it. The README's results
+block (between the GENERATED markers) is rewritten from the same files.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from cityseg import vocabulary as V  # noqa: E402
+
+BENCH = REPO / "docs" / "benchmarks"
+REPORT = REPO / "docs" / "REPORT.md"
+PLOTS = REPO / "docs" / "report"
+README = REPO / "README.md"
+BEGIN, END = "<!-- BEGIN GENERATED: results -->", "<!-- END GENERATED: results -->"
+
+COMMANDS = {
+    "model_comparison": "python benchmarks/compare_models.py (exact flags in the table's header)",
+    "preprocess": "python benchmarks/preprocess_bench.py",
+    "input_pipeline": "python benchmarks/input_pipeline_bench.py",
+    "serving": "python benchmarks/serving_bench.py",
+    "proxy_load": "python benchmarks/proxy_load.py",
+    "setup_times": "python benchmarks/setup_times.py",
+}
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = BENCH / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def machine_line(doc: dict[str, Any]) -> str:
+    m = doc.get("machine") or {}
+    parts = [f"{m.get('nproc', '?')} CPU cores"]
+    if m.get("cpu_model"):
+        parts.append(str(m["cpu_model"]))
+    if m.get("tensorflow"):
+        parts.append(f"TensorFlow {m['tensorflow']}")
+    if m.get("note"):
+        parts.append(str(m["note"]))
+    return ", ".join(parts)
+
+
+def source(name: str) -> str:
+    return f"_Source: `docs/benchmarks/{name}.json`, written by `{COMMANDS[name]}`._"
+
+
+# --- Sections -------------------------------------------------------------------------------
+
+def section_setup(doc: dict[str, Any] | None) -> list[str]:
+    out = ["## Set-up from a fresh clone", ""]
+    if doc is None:
+        return out + ["Not measured yet.", ""]
+    out += ["| command | wall time | result |", "|---|---:|---|"]
+    for row in doc["runs"]:
+        out.append(f"| `{row['command']}` | {row['seconds'] / 60:.1f} min | {row['result']} |")
+    out += ["", doc.get("note", ""), "", source("setup_times"), ""]
+    return out
+
+
+def section_models(doc: dict[str, Any] | None) -> list[str]:
+    out = ["## Models: the seed's comparison, reproduced", ""]
+    if doc is None:
+        return out + ["Not measured yet.", ""]
+    table = (BENCH / "model_comparison.md").read_text().splitlines()
+    out += [line for line in table[1:] if not line.startswith("# ")]
+    rows = [r for r in doc["rows"] if r.get("iou")]
+    if rows:
+        plot_iou(rows, PLOTS / "iou_per_category.png")
+        plot_speed_quality(rows, PLOTS / "quality_vs_speed.png")
+        out += ["", "![IoU per category](report/iou_per_category.png)", "",
+                "![mean IoU against inference time](report/quality_vs_speed.png)", ""]
+    return out + [source("model_comparison"), ""]
+
+
+def plot_iou(rows: list[dict[str, Any]], path: Path) -> None:
+    cats = list(V.CATEGORIES[1:])
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(10, 4))
+    x = np.arange(len(cats))
+    for i, row in enumerate(rows):
+        values = [row["iou_non_void"].get(c) or 0.0 for c in cats]
+        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=row["model"])
+    ax.set_xticks(x, cats)
+    ax.set_ylabel("IoU (ground-truth void ignored)")
+    ax.set_ylim(0, 1)
+    ax.legend(ncol=len(rows), fontsize=8, loc="upper right")
+    ax.set_title("IoU per category, validation split")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_speed_quality(rows: list[dict[str, Any]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        if row.get("inference_ms") is None:
+            continue
+        ax.scatter(row["inference_ms"], row["mean_iou_7"], s=60)
+        ax.annotate(row["model"], (row["inference_ms"], row["mean_iou_7"]),
+                    textcoords="offset points", xytext=(6, 4))
+    ax.set_xscale("log")
+    ax.set_xlabel("inference ms per 1024x2048 frame (CPU, log scale)")
+    ax.set_ylabel("mean IoU (7 categories)")
+    ax.grid(alpha=0.3)
+    ax.set_title("Quality against speed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def section_preprocess(doc: dict[str, Any] | None) -> list[str]:
+    out = ["## Preprocessing (Beam job) against a plain Python loop", ""]
+    if doc is None:
+        return out + ["Not measured yet.", ""]
+    s, ips, r = doc["seconds"], doc["images_per_s"], doc["ratios"]
+    out += [f"{doc['images']} synthetic frames at {doc['raw_size'][0]}x{doc['raw_size'][1]}, "
+            f"resized to {doc['output_size'][0]}x{doc['output_size'][1]}; {machine_line(doc)}.",
+            "", "| run | seconds | images/s |", "|---|---:|---:|",
+            f"| plain single-process loop | {fmt(s['loop'])} | {fmt(ips['loop'])} |",
+            f"| `{doc['job_command']}` | {fmt(s['job'])} | {fmt(ips['job'])} |"]
+    for key, label in (("job_in_memory", "job, `--direct_running_mode=in_memory`"),
+                       ("job_multi_threading", "job, `--direct_running_mode=multi_threading`")):
+        if key in s:
+            out.append(f"| {label} | {fmt(s[key])} | {fmt(ips[key])} |")
+    out += ["", f"- job speed-up over the loop: **{fmt(1 / r['loop_over_job'])}x** "
+            f"(loop seconds / job seconds)",
+            f"- floor (PNG decode only, all cores): {fmt(doc['floor']['images_per_s'])} images/s",
+            f"- job records byte-equal to the loop's: {doc.get('job_records_equal_loop_records')}",
+            "", source("preprocess"), ""]
+    return out
+
+
+def section_input(doc: dict[str, Any] | None) -> list[str]:
+    out = ["## Training input pipeline against the seed's loader", ""]
+    if doc is None:
+        return out + ["Not measured yet.", ""]
+    c = doc["config"]
+    out += [f"{c['images']} photos at {c['raw_size'][0]}x{c['raw_size'][1]}, records at "
+            f"{c['record_size'][0]}x{c['record_size'][1]}, batches at "
+            f"{c['train_size'][0]}x{c['train_size'][1]}, batch {c['batch_size']}; "
+            f"{machine_line(doc)}.", "", "| loader | images/s | vs the seed's |", "|---|---:|---:|"]
+    seed = doc["seed_pydataset"]["images_per_s"]
+    for key in ("seed_pydataset", "make_dataset", "make_dataset_augmented",
+                "make_dataset_cached", "make_dataset_cached_augmented"):
+        if key in doc:
+            row = doc[key]
+            out.append(f"| {row['what']} | {fmt(row['images_per_s'])} | "
+                       f"{fmt(row['images_per_s'] / seed)}x |")
+    out += ["", f"Target: {fmt(doc['target_ratio'], 0)}x. {doc.get('notes', '')}", "",
+            source("input_pipeline"), ""]
+    return out
+
+
+def section_serving(doc: dict[str, Any] | None) -> list[str]:
+    out = ["## Serving: gRPC and REST against the SavedModel in-process", ""]
+    if doc is None:
+        return out + ["Not measured yet.", ""]
+    lat = doc["latency"]
+    base = lat["in_process"]["p50_ms"]
+    out += [f"One {doc['image']['height']}x{doc['image']['width']} PNG "
+            f"({fmt(doc['image']['png_bytes'])} bytes); {machine_line(doc)}.", "",
+            "| path | p50 ms | p99 ms | p50 overhead |", "|---|---:|---:|---:|"]
+    for key, label in (("in_process", "SavedModel in-process"), ("grpc", "gRPC Predict"),
+                       ("rest", "REST :predict")):
+        row = lat[key]
+        overhead = "–" if key == "in_process" else f"{(row['p50_ms'] / base - 1) * 100:+.1f} %"
+        out.append(f"| {label} | {fmt(row['p50_ms'], 1)} | {fmt(row['p99_ms'], 1)} | {overhead} |")
+    rb = doc["response_bytes"]
+    out += ["", f"Response bytes: gRPC {fmt(rb['grpc'])}, REST {fmt(rb['rest'])} "
+            f"(a PNG mask, not per-pixel lists).", "",
+            "| clients | batching | images/s | p50 ms | p99 ms |", "|---:|---|---:|---:|---:|"]
+    for mode in ("no_batching", "batching"):
+        for row in doc["throughput"].get(mode) or []:
+            out.append(f"| {row['clients']} | {'on' if mode == 'batching' else 'off'} | "
+                       f"{fmt(row['images_per_s'])} | {fmt(row['p50_ms'], 1)} | "
+                       f"{fmt(row['p99_ms'], 1)} |")
+    return out + ["", source("serving"), ""]
+
+
+def section_proxy(doc: dict[str, Any] | None) -> list[str]:
+    out = ["## Proxy under load", ""]
+    if doc is None:
+        return out + ["Not measured yet.", ""]
+    c, r = doc["config"], doc["results"]
+    lat = r["latency_ms"]
+    out += [f"{c['clients']} concurrent clients for {fmt(c['duration_s'], 0)} s on "
+            f"`GET /api/v1/images/{{id}}/segmentation` ({c['image_size'][0]}x{c['image_size'][1]} "
+            f"frames, model {c['model']}); {machine_line(doc)}.", "",
+            "| requests | errors | requests/s | p50 ms | p99 ms |", "|---:|---:|---:|---:|---:|",
+            f"| {fmt(r['requests'])} | {fmt(r['errors'])} | {fmt(r['requests_per_s'])} | "
+            f"{fmt(lat['p50'], 1)} | {fmt(lat['p99'], 1)} |", "", source("proxy_load"), ""]
+    return out
+
+
+def readme_block(docs: dict[str, dict[str, Any] | None]) -> list[str]:
+    out = [BEGIN, "", "Measured on this project's 2-core machine (details and commands in "
+           "[docs/REPORT.md](docs/REPORT.md)):", ""]
+    setup = docs["setup_times"]
+    if setup:
+        for row in setup["runs"]:
+            out.append(f"- `{row['command']}` from a fresh clone: "
+                       f"{row['seconds'] / 60:.1f} min ({row['result']})")
+    models = docs["model_comparison"]
+    if models:
+        best = max((r for r in models["rows"] if r["model"] != "colour-baseline"),
+                   key=lambda r: r["mean_iou_7"])
+        base = next((r for r in models["rows"] if r["model"] == "colour-baseline"), None)
+        line = (f"- best network under the same training budget: **{best['model']}**, mean IoU "
+                f"(7 categories) {best['mean_iou_7']:.3f}")
+        if base:
+            line += f" against {base['mean_iou_7']:.3f} for a per-pixel colour classifier"
+        out.append(line)
+    pre = docs["preprocess"]
+    if pre:
+        out.append(f"- Beam preprocessing: {1 / pre['ratios']['loop_over_job']:.2f}x the speed "
+                   "of a plain single-process loop")
+    inp = docs["input_pipeline"]
+    if inp:
+        out.append(f"- tf.data input pipeline: {inp['ratio']:.1f}x the seed's loader "
+                   f"({inp.get('ratio_cached', inp['ratio']):.1f}x with the in-memory cache)"
+                   if "ratio_cached" in inp else
+                   f"- tf.data input pipeline: {inp['ratio']:.1f}x the seed's loader")
+    srv = docs["serving"]
+    if srv:
+        lat = srv["latency"]
+        out.append(f"- gRPC serving overhead over the in-process SavedModel (p50): "
+                   f"{(lat['grpc']['p50_ms'] / lat['in_process']['p50_ms'] - 1) * 100:+.1f} %")
+    prx = docs["proxy_load"]
+    if prx:
+        r = prx["results"]
+        out.append(f"- proxy, {prx['config']['clients']} clients: {r['errors']} errors in "
+                   f"{r['requests']} requests, p50 {r['latency_ms']['p50']:.0f} ms, "
+                   f"p99 {r['latency_ms']['p99']:.0f} ms")
+    return out + ["", END]
+
+
+def main() -> int:
+    docs = {name: load(name) for name in COMMANDS}
+    lines = ["# cityseg: measured report", "",
+             "Generated by `python scripts/make_report.py` from the JSON files in "
+             "`docs/benchmarks/`; each section names the command that wrote its figures. "
+             "All runs are on the project's machine: 2 CPU cores, no GPU.", ""]
+    lines += section_setup(docs["setup_times"])
+    lines += section_models(docs["model_comparison"])
+    lines += section_preprocess(docs["preprocess"])
+    lines += section_input(docs["input_pipeline"])
+    lines += section_serving(docs["serving"])
+    lines += section_proxy(docs["proxy_load"])
+    REPORT.write_text("\n".join(lines).rstrip() + "\n")
+
+    readme = README.read_text()
+    if BEGIN in readme and END in readme:
+        head, rest = readme.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        README.write_text(head + "\n".join(readme_block(docs)) + tail)
+    print(f"wrote {REPORT.relative_to(REPO)} and {PLOTS.relative_to(REPO)}/; "
+          f"README results block {'updated' if BEGIN in readme else 'not found'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
