@@ -137,7 +137,7 @@ def main(argv=None) -> int:
         results["job"] = time_job(raw, work / "job", [])
         print(f"  {results['job']:.1f} s")
         if args.compare_modes:
-            for mode in ("in_memory", "multi_threading"):
+            for mode in ("in_memory", "multi_processing"):
                 print(f"timing the job with --direct_running_mode={mode} ...")
                 flags = [f"--direct_running_mode={mode}"]
                 if mode != "in_memory":
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
 
     report = {
         "machine": {"nproc": cores, "cpu_model": cpu_model(), "python": platform.python_version(),
-                    "note": "shared machine while measured: figures are noisy"},
+                    "note": "measured with no other job running"},
         "images": images,
         "raw_size": list(FULL_SIZE),
         "output_size": [512, 1024],

@@ -37,9 +37,10 @@ PROG = "cityseg-preprocess"
 METRICS_NAMESPACE = "cityseg.preprocess"
 REJECTED = "rejected"
 # What the CLI adds on the DirectRunner when the user chose no running mode: one worker
-# process per core. Decoding/encoding PNGs is CPU-bound per image, and processes also keep
-# Python's per-record glue off a shared GIL (see docs/preprocessing.md for the measurements).
-FAST_DIRECT_FLAGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
+# thread per core. The per-image work is TensorFlow's PNG decode, resize and PNG encode, which
+# release the GIL, so threads use every core without the start-up of worker processes (each
+# imports TensorFlow); measured in docs/benchmarks/preprocess.json (--compare-modes).
+FAST_DIRECT_FLAGS = ("--direct_running_mode=multi_threading", "--direct_num_workers=0")
 # Worker processes log at INFO by default: every gRPC channel they open. Keep their own
 # chatter at WARNING and this package's progress lines at INFO, unless the user chose.
 QUIET_WORKER_FLAGS = ("--default_sdk_harness_log_level=WARNING",
@@ -426,6 +427,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> Su
     parser = _parser()
     args, beam_args = parser.parse_known_args(argv)
     cli.setup_logging(args.verbose)
+    if not args.verbose:
+        # Beam narrates every stage at INFO; our own progress lines are what a user follows.
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
     config = config_from_args(args)
     own_flags = [flag for action in parser._actions for flag in action.option_strings]
     options = PipelineOptions(beam_flags(beam_args, own_flags))

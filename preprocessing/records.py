@@ -301,11 +301,23 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: tuple[int, int] | Non
     return resized, ops.resize_label(tf.convert_to_tensor(mask), size).numpy()
 
 
-def encode_png(array: np.ndarray) -> bytes:
-    """PNG-encodes a uint8 [H, W] or [H, W, C] array (deterministic for a given array)."""
+# zlib level for the camera images in the records. Level 1 encodes a 512x1024 photo about 5x
+# faster than the default (30 ms against 160 ms here, the most expensive step of the job) for
+# a file about 7 % larger; decoding speed is the same. Labels keep the default: they are flat,
+# small and cheap to encode at any level.
+IMAGE_PNG_COMPRESSION = 1
+
+
+def encode_png(array: np.ndarray, compression: int = -1) -> bytes:
+    """PNG-encodes a uint8 [H, W] or [H, W, C] array (deterministic for a given array).
+
+    Args:
+      array: the pixels.
+      compression: zlib level 0..9, or -1 for zlib's default.
+    """
     if array.ndim == 2:
         array = array[..., np.newaxis]
-    return tf.io.encode_png(array).numpy()
+    return tf.io.encode_png(array, compression=compression).numpy()
 
 
 def to_example(pair: Pair, image_png: bytes, label_png: bytes, size: tuple[int, int],
@@ -348,7 +360,8 @@ def encode_pair(input_root: str, pair: Pair, image_size: tuple[int, int] | None,
     original_size = image.shape[:2]
     mask = to_category_mask(label_ids, pair.label)
     image, mask = resize_pair(image, mask, image_size)
-    example = to_example(pair, encode_png(image), encode_png(mask), image.shape[:2],
+    example = to_example(pair, encode_png(image, IMAGE_PNG_COMPRESSION), encode_png(mask),
+                         image.shape[:2],
                          original_size)
     counts = np.bincount(mask.ravel(), minlength=vocab.NUM_CATEGORIES)
     return Encoded(

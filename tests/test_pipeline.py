@@ -352,11 +352,10 @@ def test_synth_then_console_script_then_read_back(tmp_path):
     command = [str(script)] if script.exists() else [
         sys.executable, "-c", "import sys; from preprocessing.pipeline import main; "
         "sys.exit(main())"]
-    # Worker processes (the CLI's DirectRunner default) with 2 workers.
+    # As the README runs it: the CLI's DirectRunner default (one worker thread per core).
     proc = subprocess.run(
         [*command, "--input-root", str(raw), "--output-dir", str(out), "--splits", "train,val",
-         "--image-size", "32x64", "--direct_num_workers=2",
-         "--direct_running_mode=multi_processing"],
+         "--image-size", "32x64"],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-2000:]
