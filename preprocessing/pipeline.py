@@ -438,8 +438,6 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> Su
     if not tf.io.gfile.isdir(config.input_root):
         raise cli.CliError(f"--input-root {config.input_root} is not a directory")
     pairs, rejects = records.discover(config.input_root, config.splits, config.cities)
-    logging.info("found %d image/label pairs and %d bad names under %s",
-                 len(pairs), len(rejects), config.input_root)
     rejected_path = posixpath.join(config.output_dir, vocab.REJECTED_FILE)
     if not pairs and not rejects:
         write_jsonl((), rejected_path, config.splits, ("path", "reason"))
@@ -447,6 +445,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> Su
         raise cli.CliError(
             f"no input found under {config.input_root} for splits {','.join(config.splits)}"
             f"{cities} (expected {vocab.IMAGE_DIR}/SPLIT/CITY/*{vocab.IMAGE_SUFFIX})")
+    logging.info("found %d image/label pairs and %d bad names under %s",
+                 len(pairs), len(rejects), config.input_root)
 
     per_split = collections.Counter(pair.split for pair in pairs)
     num_shards = {split: config.num_shards or records.auto_num_shards(per_split[split])
