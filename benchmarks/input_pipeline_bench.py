@@ -20,13 +20,13 @@ import argparse
 import json
 import logging
 import math
-import os
-import platform
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from bench_machine import machine_facts  # the script's folder is on sys.path
 from typing import Sequence
 
 REPO = Path(__file__).resolve().parent.parent
@@ -159,20 +159,6 @@ def prepare(work: Path, args) -> tuple[Path, Path, list[tuple[str, str]]]:
     return raw, data, pairs
 
 
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import tensorflow as tf
-    return {"nproc": os.cpu_count(), "cpu_model": cpu, "python": platform.python_version(),
-            "tensorflow": tf.__version__, "platform": platform.platform()}
-
-
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     setup_logging()
@@ -207,7 +193,7 @@ def _main(argv: Sequence[str] | None) -> int:
     result = {
         "benchmark": "input pipeline images/s: tf.data from TFRecords vs the seed's PyDataset",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine_facts(tensorflow=True),
         "config": {"images": len(pairs), "batch_size": args.batch_size, "epochs": args.epochs,
                    "raw_size": list(args.raw_size), "record_size": list(args.record_size),
                    "train_size": list(args.train_size), "num_shards": args.num_shards},

@@ -27,18 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_machine import cpu_model  # the script's folder is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 FULL_SIZE = (1024, 2048)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def generate(raw: Path, images: int) -> None:

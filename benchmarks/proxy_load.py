@@ -24,6 +24,8 @@ import threading
 import time
 from pathlib import Path
 
+from bench_machine import cpu_model  # the script's folder is on sys.path
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,16 +43,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_dataset(base: Path, *, cities: int, images_per_city: int,

@@ -16,7 +16,6 @@ import io
 import json
 import logging
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -26,6 +25,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+from bench_machine import machine_facts  # the script's folder is on sys.path
 
 import numpy as np
 
@@ -162,21 +163,6 @@ class ServerProcess:
             self.process.wait()
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import tensorflow as tf
-
-    return {"nproc": os.cpu_count(), "cpu_model": cpu, "python": platform.python_version(),
-            "tensorflow": tf.__version__, "platform": platform.platform()}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-dir", type=Path, help="serve these models (default: export "
@@ -224,7 +210,7 @@ def main(argv=None) -> int:
     result = {"image": {"height": 1024, "width": 2048, "png_bytes": len(image)},
               "model": {"name": model, "stand_in": temp is not None,
                         "input_size": args.input_size if temp is not None else None},
-              "machine": machine(), "latency": {}, "response_bytes": {}, "throughput": {}}
+              "machine": machine_facts(tensorflow=True), "latency": {}, "response_bytes": {}, "throughput": {}}
 
     server = ServerProcess(models_dir, model)
     try:

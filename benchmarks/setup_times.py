@@ -21,19 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_machine import cpu_model  # the script's folder is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "docs" / "benchmarks" / "setup_times.json"
 COMMANDS = {"demo": ["make", "demo"], "test": ["make", "test"]}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_in_fresh_clone(name: str, log_dir: Path) -> dict:
