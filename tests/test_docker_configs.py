@@ -21,6 +21,7 @@ from serving import config as cfg
 
 DOCKER = Path(__file__).resolve().parent.parent / "docker"
 MODEL_NAMES = {"unet", "pspnet", "fcn8", "fastscnn"}
+LABELLED = "pspnet"  # the default model: the one with stable/canary versions
 
 
 def test_models_config_is_a_model_server_config():
@@ -33,9 +34,9 @@ def test_models_config_is_a_model_server_config():
     for name, entry in entries.items():
         assert entry.base_path == f"/models/{name}"  # the export layout, mounted at /models
         assert entry.model_platform == "tensorflow"
-    fastscnn = entries["fastscnn"]
-    assert dict(fastscnn.version_labels) == {"stable": 1, "canary": 2}
-    assert list(fastscnn.model_version_policy.specific.versions) == [1, 2]
+    labelled = entries[LABELLED]
+    assert dict(labelled.version_labels) == {"stable": 1, "canary": 2}
+    assert list(labelled.model_version_policy.specific.versions) == [1, 2]
 
 
 def test_models_config_names_the_trainable_architectures():
@@ -186,7 +187,7 @@ def config_server(tmp_path_factory):
     template = export_model(model, root / ".template", "m", input_size=(8, 8), version=1)
     for name in MODEL_NAMES:
         shutil.copytree(template, root / name / "1")
-    shutil.copytree(template, root / "fastscnn" / "2")
+    shutil.copytree(template, root / LABELLED / "2")
     config = root / "models.config"
     config.write_text((DOCKER / "models.config").read_text().replace('"/models/', f'"{root}/'))
     handle = start_server(
@@ -200,9 +201,9 @@ def config_server(tmp_path_factory):
 def test_model_config_file_serves_the_same_names(config_server):
     with C.GrpcClient(f"localhost:{config_server.grpc_port}", retries=0) as client:
         statuses = {name: client.model_status(name) for name in MODEL_NAMES}
-    assert statuses == {"unet": [(1, "AVAILABLE")], "pspnet": [(1, "AVAILABLE")],
-                        "fcn8": [(1, "AVAILABLE")],
-                        "fastscnn": [(1, "AVAILABLE"), (2, "AVAILABLE")]}
+    expected = {name: [(1, "AVAILABLE")] for name in MODEL_NAMES}
+    expected[LABELLED] = [(1, "AVAILABLE"), (2, "AVAILABLE")]
+    assert statuses == expected
 
 
 def test_version_labels_route_to_their_versions(config_server):
@@ -214,16 +215,16 @@ def test_version_labels_route_to_their_versions(config_server):
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         for label, version in (("stable", 1), ("canary", 2)):
             request = predict_pb2.PredictRequest()
-            request.model_spec.name = "fastscnn"
+            request.model_spec.name = LABELLED
             request.model_spec.version_label = label
             request.inputs[V.INPUT_KEY].CopyFrom(C.string_tensor([image]))
             assert stub.Predict(request, timeout=30).model_spec.version.value == version
-    base = f"http://localhost:{config_server.rest_port}/v1/models/fastscnn"
+    base = f"http://localhost:{config_server.rest_port}/v1/models/{LABELLED}"
     with urllib.request.urlopen(f"{base}/labels/canary", timeout=10) as response:
         assert json.loads(response.read())["model_version_status"][0]["version"] == "2"
     # latest (no label, no version) is the newest loaded version
     with C.GrpcClient(f"localhost:{config_server.grpc_port}") as client:
-        assert client.predict([image], model="fastscnn").model_version == 2
+        assert client.predict([image], model=LABELLED).model_version == 2
 
 
 def test_batching_server_answers_concurrent_requests_and_exports_metrics(config_server):

@@ -552,7 +552,7 @@ def _parser(with_defaults: bool) -> argparse.ArgumentParser:
     p.add_argument("--output-dir", dest="output_dir", default=default(None),
                    help="the RUN folder (see the layout below)")
     p.add_argument("--model", default=default(None),
-                   help="unet, pspnet, fcn8 or fastscnn (default: the real-time model)")
+                   help="unet, pspnet, fcn8 or fastscnn (default: pspnet, the comparison's winner)")
     p.add_argument("--width", type=int, default=default(None),
                    help="filters of the first conv (default: the model's own)")
     p.add_argument("--image-size", dest="image_size", type=parse_size, default=default(None),
