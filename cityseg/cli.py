@@ -35,13 +35,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 def setup_logging(verbose: bool = False) -> None:
     """Plain INFO logging to stderr; quietens TensorFlow's C++ start-up chatter."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # force: a library that logged at import time (Beam does) has already given the root
-    # logger a WARNING-level handler, which would otherwise swallow our progress lines.
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A library that logged at import time (Beam does) has already configured the root logger
+    # at WARNING, which makes basicConfig a no-op and would swallow our progress lines; its
+    # handlers (and any a test harness added) stay, only the level is raised.
+    logging.getLogger().setLevel(level)
 
 
 def run_cli(prog: str, main: Callable[[Sequence[str] | None], int | None],
