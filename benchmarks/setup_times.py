@@ -39,7 +39,9 @@ def time_in_fresh_clone(name: str, log_dir: Path) -> dict:
             code = subprocess.call(COMMANDS[name], cwd=clone, env=env, stdout=handle,
                                    stderr=subprocess.STDOUT)
         seconds = time.perf_counter() - start
-        tail = log.read_text().strip().splitlines()[-1:] or [""]
+        lines = log.read_text().strip().splitlines()
+        # pytest's summary line (framed in '='), else the log's last line.
+        tail = [line.strip("= ") for line in lines if " passed" in line][-1:] or lines[-1:] or [""]
         print(f"{' '.join(COMMANDS[name])}: exit {code} in {seconds:.0f} s; last line: {tail[0]}")
         return {"command": " ".join(COMMANDS[name]), "seconds": round(seconds, 1),
                 "exit_code": code, "result": ("ok" if code == 0 else f"failed ({code})")

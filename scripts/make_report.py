@@ -44,6 +44,11 @@ def load(name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def result_text(row: dict[str, Any]) -> str:
+    """A set-up run's result without pytest's `=====` framing."""
+    return ", ".join(part.strip("= ") for part in row["result"].split(": ", 1))
+
+
 def fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "–"
@@ -78,7 +83,7 @@ def section_setup(doc: dict[str, Any] | None) -> list[str]:
         return out + ["Not measured yet.", ""]
     out += ["| command | wall time | result |", "|---|---:|---|"]
     for row in doc["runs"]:
-        out.append(f"| `{row['command']}` | {row['seconds'] / 60:.1f} min | {row['result']} |")
+        out.append(f"| `{row['command']}` | {row['seconds'] / 60:.1f} min | {result_text(row)} |")
     out += ["", doc.get("note", ""), "", source("setup_times"), ""]
     return out
 
@@ -146,11 +151,10 @@ def section_preprocess(doc: dict[str, Any] | None) -> list[str]:
             "", "| run | seconds | images/s |", "|---|---:|---:|",
             f"| plain single-process loop | {fmt(s['loop'])} | {fmt(ips['loop'])} |",
             f"| `{doc['job_command']}` | {fmt(s['job'])} | {fmt(ips['job'])} |"]
-    for key, label in (("job_in_memory", "job, `--direct_running_mode=in_memory`"),
-                       ("job_multi_threading", "job, `--direct_running_mode=multi_threading`")):
-        if key in s:
-            out.append(f"| {label} | {fmt(s[key])} | {fmt(ips[key])} |")
-    out += ["", f"- job speed-up over the loop: **{fmt(1 / r['loop_over_job'])}x** "
+    for key in sorted(k for k in s if k.startswith("job_")):
+        label = f"job, `--direct_running_mode={key[len('job_'):]}`"
+        out.append(f"| {label} | {fmt(s[key])} | {fmt(ips[key])} |")
+    out += ["", f"- job speed-up over the loop: **{fmt(r['loop_over_job'])}x** "
             f"(loop seconds / job seconds)",
             f"- floor (PNG decode only, all cores): {fmt(doc['floor']['images_per_s'])} images/s",
             f"- job records byte-equal to the loop's: {doc.get('job_records_equal_loop_records')}",
@@ -227,7 +231,7 @@ def readme_block(docs: dict[str, dict[str, Any] | None]) -> list[str]:
     if setup:
         for row in setup["runs"]:
             out.append(f"- `{row['command']}` from a fresh clone: "
-                       f"{row['seconds'] / 60:.1f} min ({row['result']})")
+                       f"{row['seconds'] / 60:.1f} min ({result_text(row)})")
     models = docs["model_comparison"]
     if models:
         best = max((r for r in models["rows"] if r["model"] != "colour-baseline"),
@@ -240,8 +244,8 @@ def readme_block(docs: dict[str, dict[str, Any] | None]) -> list[str]:
         out.append(line)
     pre = docs["preprocess"]
     if pre:
-        out.append(f"- Beam preprocessing: {1 / pre['ratios']['loop_over_job']:.2f}x the speed "
-                   "of a plain single-process loop")
+        out.append(f"- Beam preprocessing: {pre['ratios']['loop_over_job']:.2f}x the speed "
+                   f"of a plain single-process loop ({pre['images']} full-resolution frames)")
     inp = docs["input_pipeline"]
     if inp:
         out.append(f"- tf.data input pipeline: {inp['ratio']:.1f}x the seed's loader "

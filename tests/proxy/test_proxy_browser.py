@@ -3,12 +3,10 @@ served for real on a free port with the real model server behind it."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
 CHROMIUM = os.environ.get("CITYSEG_CHROMIUM", "/usr/bin/chromium")
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "proxy-page.png"
 IMAGE = "frankfurt_000000_000294"
 
 pytestmark = [
@@ -48,7 +46,7 @@ def loaded(page, selector: str) -> bool:
     return page.eval_on_selector(selector, "img => img.complete && img.naturalWidth > 0")
 
 
-def test_choosing_an_id_shows_images_metrics_and_model(page):
+def test_choosing_an_id_shows_images_metrics_and_model(page, tmp_path):
     page.wait_for_selector(f"#id-list li[data-id='{IMAGE}']")
     # Filter by split and city, search, then pick from the list.
     page.select_option("#split-filter", "val")
@@ -84,11 +82,11 @@ def test_choosing_an_id_shows_images_metrics_and_model(page):
     assert page.eval_on_selector("#overlay-mask", "img => img.src") == \
         page.eval_on_selector("#img-truth", "img => img.src")
 
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.fill("#opacity", "55")
-    page.dispatch_event("#opacity", "input")
-    page.check("input[name=overlay][value=prediction]")
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    # The page renders as a whole (docs/screenshots/ is taken from the demo by
+    # scripts/screenshot.py; a test never writes into the repository).
+    shot = tmp_path / "proxy-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 20_000
 
 
 def test_typing_an_unknown_id_shows_the_error(page):
