@@ -39,6 +39,18 @@ def _per_image_sum(x: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(x, axis=tf.range(1, tf.rank(x)))
 
 
+def _pixel_cross_entropy(y_true, y_pred, class_weights, ignore_class):
+    """Per-pixel cross-entropy from logits [B, H, W] and each pixel's weight (0 where ignored,
+    else its class weight or 1)."""
+    labels, logits, weights = _prepare(y_true, y_pred, ignore_class)
+    # Ignored pixels may hold any id; clip so the op accepts them (their weight is 0).
+    safe_labels = tf.clip_by_value(labels, 0, logits.shape[-1] - 1)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
+    if class_weights is not None:
+        weights = weights * tf.gather(tf.constant(class_weights, tf.float32), safe_labels)
+    return ce, weights
+
+
 def cross_entropy(y_true: tf.Tensor, y_pred: tf.Tensor, *,
                   class_weights: Sequence[float] | None = None,
                   ignore_class: int | None = None) -> tf.Tensor:
@@ -51,14 +63,7 @@ def cross_entropy(y_true: tf.Tensor, y_pred: tf.Tensor, *,
     Returns:
       float32 [B].
     """
-    labels, logits, valid = _prepare(y_true, y_pred, ignore_class)
-    num_classes = logits.shape[-1]
-    safe_labels = tf.clip_by_value(labels, 0, num_classes - 1)
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
-    weights = valid
-    if class_weights is not None:
-        table = tf.constant(class_weights, dtype=tf.float32)
-        weights = weights * tf.gather(table, safe_labels)
+    ce, weights = _pixel_cross_entropy(y_true, y_pred, class_weights, ignore_class)
     return _per_image_sum(weights * ce) / tf.maximum(_per_image_sum(weights), _EPSILON)
 
 
@@ -96,15 +101,10 @@ def focal(y_true: tf.Tensor, y_pred: tf.Tensor, *, gamma: float = 2.0,
     Returns:
       float32 [B].
     """
-    labels, logits, valid = _prepare(y_true, y_pred, ignore_class)
-    num_classes = logits.shape[-1]
-    safe_labels = tf.clip_by_value(labels, 0, num_classes - 1)
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
+    _, _, valid = _prepare(y_true, y_pred, ignore_class)
+    ce, weights = _pixel_cross_entropy(y_true, y_pred, class_weights, ignore_class)
     p_t = tf.exp(-ce)
     loss = tf.pow(1.0 - p_t, gamma) * ce
-    weights = valid
-    if class_weights is not None:
-        weights = weights * tf.gather(tf.constant(class_weights, tf.float32), safe_labels)
     return _per_image_sum(weights * loss) / tf.maximum(_per_image_sum(valid), _EPSILON)
 
 
