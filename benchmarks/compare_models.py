@@ -34,6 +34,8 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
 
 from cityseg.cli import CliError, HelpFormatter, parse_size, run_cli, setup_logging  # noqa: E402
 from cityseg.vocabulary import CATEGORIES, EVALUATED_CATEGORIES  # noqa: E402
+from training.evaluate import METRICS_FILE  # noqa: E402
+from training.train import BEST_MODEL_FILE, HISTORY_FILE, SUMMARY_FILE  # noqa: E402
 
 log = logging.getLogger("cityseg.compare")
 
@@ -133,9 +135,9 @@ def keras_inference_ms(model_path: Path, size: tuple[int, int], runs: int) -> li
     import numpy as np
     import tensorflow as tf
 
-    from training.evaluate import load_keras_model
+    from training.models import load_model
 
-    model = load_keras_model(model_path)
+    model = load_model(model_path)
     image = tf.constant(np.random.default_rng(0).random((1, *size, 3), dtype=np.float32))
     call = tf.function(lambda x: model(x, training=False))
     try:
@@ -151,7 +153,7 @@ def train_and_evaluate(name: str, data: Path, work: Path, args: argparse.Namespa
     """One model's row: train under the time budget, evaluate on val, time inference."""
     run_dir = work / "runs" / name
     report_dir = work / "reports" / name
-    if args.retrain or not (run_dir / "summary.json").is_file():
+    if args.retrain or not (run_dir / SUMMARY_FILE).is_file():
         shutil.rmtree(run_dir, ignore_errors=True)
         run_step("cityseg-train", [
             "--data-dir", data, "--model", name, "--output-dir", run_dir,
@@ -164,16 +166,16 @@ def train_and_evaluate(name: str, data: Path, work: Path, args: argparse.Namespa
     run_step("cityseg-evaluate", ["--data-dir", data, "--model", run_dir, "--split", "val",
                                   "--report-dir", report_dir, "--batch-size", args.batch_size],
              work / "logs" / f"evaluate-{name}.log")
-    summary = read_json(run_dir / "summary.json")
-    metrics = read_json(report_dir / "metrics.json")
+    summary = read_json(run_dir / SUMMARY_FILE)
+    metrics = read_json(report_dir / METRICS_FILE)
     row = {
         "model": name,
         "epochs_done": summary.get("epochs_done"),
         "stopped_by": summary.get("stopped_by"),
         "training_seconds": summary.get("training_seconds"),
         "best_epoch": summary.get("best_epoch"),
-        "best_val_loss": min_column(run_dir / "history.csv", "val_loss"),
-        "best_train_loss": min_column(run_dir / "history.csv", "loss"),
+        "best_val_loss": min_column(run_dir / HISTORY_FILE, "val_loss"),
+        "best_train_loss": min_column(run_dir / HISTORY_FILE, "loss"),
         "params": summary.get("params"),
         **_metric_fields(metrics),
         "report_dir": _relative(report_dir),
@@ -181,7 +183,7 @@ def train_and_evaluate(name: str, data: Path, work: Path, args: argparse.Namespa
     if args.inference_runs > 0:
         log.info("timing %s on one %dx%d frame (%d runs)", name, *args.inference_size,
                  args.inference_runs)
-        times = keras_inference_ms(run_dir / "best.keras", args.inference_size,
+        times = keras_inference_ms(run_dir / BEST_MODEL_FILE, args.inference_size,
                                    args.inference_runs)
         row["inference_ms"] = statistics.median(times)
         row["inference_ms_runs"] = [round(t, 1) for t in times]

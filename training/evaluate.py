@@ -29,6 +29,7 @@ import numpy as np
 from cityseg import vocabulary as V
 from cityseg.cli import CliError, HelpFormatter, parse_size, run_cli, setup_logging
 from training import plots
+from training.train import BEST_MODEL_FILE, CONFIG_FILE, HISTORY_FILE
 
 # TensorFlow (and training.metrics, which needs it) is imported inside the functions that use
 # it: `--help` and flag errors answer at once, and setup_logging() quietens TF before it loads.
@@ -36,9 +37,10 @@ from training import plots
 log = logging.getLogger("cityseg.evaluate")
 
 METRICS_FILE = "metrics.json"
-RUN_MODEL_FILE = "best.keras"
-RUN_CONFIG_FILE = "config.json"
-RUN_HISTORY_FILE = "history.csv"
+# The RUN layout is the trainer's (training/train.py); these names only say which parts we read.
+RUN_MODEL_FILE = BEST_MODEL_FILE
+RUN_CONFIG_FILE = CONFIG_FILE
+RUN_HISTORY_FILE = HISTORY_FILE
 SAVED_MODEL_FILE = "saved_model.pb"
 LOG_EVERY_S = 10.0
 
@@ -139,14 +141,6 @@ def run_image_size(run_dir: Path) -> tuple[int, int] | None:
     height, width = (int(s) for s in size)
     return height, width
 
-
-def load_keras_model(path: Path):
-    """Loads a `.keras` file for inference (no optimizer state, no compile)."""
-    import keras
-    # The architectures' custom layers register themselves with Keras when their module is
-    # imported; without it a saved model using them cannot be deserialised.
-    import training.models  # noqa: F401
-    return keras.models.load_model(path, compile=False)
 
 
 # --- Evaluating ----------------------------------------------------------------------------
@@ -313,7 +307,9 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
             source.path, config.data_dir, config.split, batch_size=config.batch_size,
             max_images=config.max_images, num_samples=config.overlays)
     else:
-        model = load_keras_model(source.path)
+        from training.models import load_model
+
+        model = load_model(source.path)
         evaluation = evaluate_keras(
             model, config.data_dir, config.split, batch_size=config.batch_size,
             image_size=config.image_size or source.image_size, max_images=config.max_images,

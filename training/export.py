@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from cityseg import vocabulary as V
 from training import ops
+from training.evaluate import METRICS_FILE
 
 
 class SegmentationServer(tf.Module):
@@ -153,7 +154,8 @@ The version folder (MODELS/NAME/VERSION) is printed on stdout.
 """
 
 # Where cityseg-evaluate's report may sit inside a RUN folder, in order of preference.
-RUN_METRICS_FILES = ("eval/metrics.json", "metrics.json")
+# Where cityseg-evaluate's report may sit inside a RUN (`--report-dir RUN/eval` or RUN itself).
+RUN_METRICS_FILES = (f"eval/{METRICS_FILE}", METRICS_FILE)
 
 
 def load_run_model(run_dir: str | os.PathLike, config: dict[str, Any]) -> tuple[keras.Model, str]:
@@ -167,14 +169,12 @@ def load_run_model(run_dir: str | os.PathLike, config: dict[str, Any]) -> tuple[
     """
     import logging
 
-    # Importing these registers the custom layers, loss and metric that `.keras` files name.
-    from training import losses, metrics, models  # noqa: F401  pylint: disable=unused-import
-    from training import train
+    from training import models, train
 
     run = Path(run_dir)
     best = run / train.BEST_MODEL_FILE
     if best.is_file():
-        return keras.saving.load_model(best, compile=False), train.BEST_MODEL_FILE
+        return models.load_model(best), train.BEST_MODEL_FILE
     from training.callbacks import WEIGHTS_FILE
 
     last = run / train.CHECKPOINT_DIR / WEIGHTS_FILE

@@ -345,6 +345,15 @@ def build_fastscnn(num_classes: int = V.NUM_CATEGORIES, *, input_shape=(None, No
 
 # --- Weights -----------------------------------------------------------------------------
 
+def load_model(path: str | os.PathLike) -> keras.Model:
+    """Loads a saved `.keras` model for inference (no optimizer state, no compile).
+
+    This module registers the custom layers that such files name, so loading through it never
+    depends on which modules a caller happened to import first.
+    """
+    return keras.saving.load_model(path, compile=False)
+
+
 def _load_weights(model: keras.Model, weights: str | os.PathLike | None) -> keras.Model:
     """Loads weights saved from the same architecture; never downloads anything."""
     if weights is None:
@@ -353,7 +362,7 @@ def _load_weights(model: keras.Model, weights: str | os.PathLike | None) -> kera
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".keras":
-        saved = keras.saving.load_model(path, compile=False)
+        saved = load_model(path)
         model.set_weights(saved.get_weights())
     else:
         model.load_weights(path)
