@@ -5,7 +5,10 @@ a 100 kB PNG can claim 50,000 x 50,000 pixels and take gigabytes once decoded.
 """
 from __future__ import annotations
 
+import io
 import struct
+
+import numpy as np
 
 # A full Cityscapes frame is 2048 x 1024 = 2.1 Mpx; 8x that leaves room for other cameras.
 DEFAULT_MAX_PIXELS = 16 * 1024 * 1024
@@ -57,6 +60,22 @@ def check_pixel_budget(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tup
             f"image is {height}x{width} = {height * width} pixels, over the budget of "
             f"{max_pixels} pixels")
     return height, width
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Encodes a uint8 [H, W] category mask or [H, W, 3] RGB image as PNG."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def palette_png(categories: np.ndarray) -> bytes:
+    """A category mask [H, W] drawn in the category palette, as an RGB PNG."""
+    from cityseg.vocabulary import colorize
+
+    return encode_png(colorize(categories))
 
 
 def _png_size(data: bytes) -> tuple[int, int]:

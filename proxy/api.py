@@ -69,8 +69,8 @@ def segmentation(image_id: str):
         width=int(width), height=int(height),
         model={"name": prediction.model_name, "version": prediction.model_version},
         categories=masks.categories(),
-        prediction=_b64(masks.encode_png(mask)),
-        ground_truth=None if truth is None else _b64(masks.encode_png(truth)),
+        prediction=_b64(I.encode_png(mask)),
+        ground_truth=None if truth is None else _b64(I.encode_png(truth)),
         metrics=None if truth is None else masks.image_metrics(truth, mask),
     )
 
@@ -81,7 +81,7 @@ def prediction_png(image_id: str):
     style = _style()
     record = resolver().lookup(image_id)
     prediction, mask = _predict_record(record)
-    response = _png(masks.color_png(mask) if style == "color" else masks.encode_png(mask))
+    response = _png(I.palette_png(mask) if style == "color" else I.encode_png(mask))
     _model_headers(response, prediction)
     return response
 
@@ -94,7 +94,7 @@ def ground_truth_png(image_id: str):
     truth = resolver().read_ground_truth(record)
     if truth is None:
         abort(404, f"image id {record.image_id} has no ground truth")
-    return _png(masks.color_png(truth) if style == "color" else masks.encode_png(truth))
+    return _png(I.palette_png(truth) if style == "color" else I.encode_png(truth))
 
 
 @bp.get("/api/v1/images/<path:image_id>/image.png")
@@ -130,7 +130,7 @@ def predict_upload():
         abort(413 if height * width > max_pixels else 400, str(err))
     prediction = gateway().predict([data])
     mask = masks.decode_mask(prediction.masks[0])
-    response = _png(masks.color_png(mask) if style == "color" else masks.encode_png(mask))
+    response = _png(I.palette_png(mask) if style == "color" else I.encode_png(mask))
     _model_headers(response, prediction)
     return response
 

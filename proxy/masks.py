@@ -34,18 +34,6 @@ def decode_mask(data: bytes) -> np.ndarray:
     return array
 
 
-def encode_png(array: np.ndarray) -> bytes:
-    """Encodes a uint8 [H, W] mask or [H, W, 3] RGB image as PNG."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def color_png(categories: np.ndarray) -> bytes:
-    """A category mask drawn in the Cityscapes category palette, as an RGB PNG."""
-    return encode_png(V.colorize(categories))
-
-
 def image_metrics(truth: np.ndarray, prediction: np.ndarray) -> dict[str, Any]:
     """The metrics of one image, from `training.metrics` so they match evaluation exactly.
 

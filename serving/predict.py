@@ -57,15 +57,13 @@ def colorize_png(mask_png: bytes) -> bytes:
     import numpy as np
     from PIL import Image
 
-    from cityseg.vocabulary import colorize
+    from cityseg.images import palette_png
 
     with Image.open(io.BytesIO(mask_png)) as image:
         categories = np.asarray(image)
     if categories.ndim == 3:
         categories = categories[..., 0]
-    out = io.BytesIO()
-    Image.fromarray(colorize(categories)).save(out, format="PNG")
-    return out.getvalue()
+    return palette_png(categories)
 
 
 def _main(argv: Sequence[str] | None) -> int:
