@@ -1,22 +1,15 @@
-"""The proxy's connection to the model server, which survives the server restarting.
+"""The proxy's connection to the model server, shared by the threads of one worker.
 
-A gRPC channel reconnects by itself, but after a failed connection it waits out an exponential
-back-off (1 s growing to 2 min) before trying again, and a new channel to the same address
-shares that state for as long as the old one is open (gRPC's global subchannel pool). A proxy
-holding one channel could therefore keep answering 503 long after the server is back.
-
-So the gateway retires its client whenever a call reports UNAVAILABLE: the next request opens
-a fresh channel, and the retired one is closed as soon as the calls still running on it have
-finished (never under their feet), which releases the stale connection state.
+The channel outlives model-server restarts: `GrpcClient` caps gRPC's reconnect back-off, so a
+restarted server is reached again within a second without replacing anything here.
 """
 from __future__ import annotations
 
 import logging
 import threading
-from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
-from serving.client import GrpcClient, Prediction, ServingUnavailable
+from serving.client import GrpcClient, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +37,7 @@ class ServingGateway:
         self.retries = retries
         self._factory = client_factory or GrpcClient
         self._lock = threading.Lock()
-        self._lease: _Lease | None = None
+        self._client: GrpcClient | None = None
 
     def predict(self, images: Sequence[bytes]) -> Prediction:
         """Segments encoded images with the latest version of the model.
@@ -52,59 +45,28 @@ class ServingGateway:
         Raises:
           serving.client.ServingError: a subclass per gRPC status code.
         """
-        with self._client_for_call() as client:
-            return client.predict(list(images), model=self.model)
+        return self._get_client().predict(list(images), model=self.model)
 
     def model_status(self) -> list[tuple[int, str]]:
         """[(version, state)] of the model, e.g. [(1, 'AVAILABLE')]."""
-        with self._client_for_call() as client:
-            return client.model_status(self.model)
+        return self._get_client().model_status(self.model)
 
     def ready_versions(self) -> list[int]:
         """The versions of the model that are AVAILABLE (empty while none is)."""
         return sorted(v for v, state in self.model_status() if state == AVAILABLE)
 
     def close(self) -> None:
-        """Closes the current channel (at app shutdown)."""
+        """Closes the channel (at app shutdown)."""
         with self._lock:
-            lease, self._lease = self._lease, None
-        if lease is not None:
-            lease.client.close()
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
-    @contextmanager
-    def _client_for_call(self) -> Iterator[GrpcClient]:
+    def _get_client(self) -> GrpcClient:
+        # Opened on first use, not at app creation: a gunicorn worker must not inherit a channel
+        # across its fork.
         with self._lock:
-            if self._lease is None:
-                self._lease = _Lease(self._factory(self.target, timeout_s=self.timeout_s,
-                                                   retries=self.retries))
-            lease = self._lease
-            lease.active += 1
-        unavailable = False
-        try:
-            yield lease.client
-        except ServingUnavailable:
-            unavailable = True
-            raise
-        finally:
-            with self._lock:
-                lease.active -= 1
-                if unavailable and self._lease is lease:
-                    log.info("model server %s unavailable; reconnecting on the next call",
-                             self.target)
-                    self._lease = None
-                    lease.retired = True
-                close_now = lease.retired and lease.active == 0 and not lease.closed
-                if close_now:
-                    lease.closed = True
-            if close_now:
-                lease.client.close()
-
-
-class _Lease:
-    """A client and the number of calls running on it."""
-
-    def __init__(self, client: GrpcClient):
-        self.client = client
-        self.active = 0
-        self.retired = False
-        self.closed = False
+            if self._client is None:
+                self._client = self._factory(self.target, timeout_s=self.timeout_s,
+                                             retries=self.retries)
+            return self._client
