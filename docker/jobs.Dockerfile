@@ -13,7 +13,8 @@ COPY preprocessing ./preprocessing
 COPY training ./training
 COPY serving ./serving
 COPY proxy ./proxy
-RUN pip install .
+# Synth, the Beam job, training and export: everything but the proxy and the model server.
+RUN pip install '.[preprocessing,training]'
 
 VOLUME ["/raw", "/data", "/models"]
 COPY docker/jobs.sh /app/jobs.sh

@@ -2,15 +2,15 @@
 #   docker build -f docker/proxy.Dockerfile -t cityseg-proxy .
 FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PIP_NO_CACHE_DIR=1
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY setup.cfg setup.py pyproject.toml README.md ./
 COPY cityseg ./cityseg
-COPY preprocessing ./preprocessing
-COPY training ./training
 COPY serving ./serving
 COPY proxy ./proxy
-RUN pip install . && useradd --create-home --uid 10001 cityseg
+# The proxy extra only: Flask, gunicorn, grpcio, protobuf, numpy, Pillow, prometheus-client;
+# no TensorFlow, Keras or Beam (the gRPC messages are serving/wire_pb2.py).
+RUN pip install '.[proxy]' && useradd --create-home --uid 10001 cityseg
 USER cityseg
 
 EXPOSE 5000

@@ -1,7 +1,7 @@
 """The proxy's connection to the model server, shared by the threads of one worker.
 
 The channel outlives model-server restarts: `GrpcClient` caps gRPC's reconnect back-off, so a
-restarted server is reached again within a second without replacing anything here.
+restarted server is reached again within a third of a second without replacing anything here.
 """
 from __future__ import annotations
 

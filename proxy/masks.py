@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cityseg import metrics as M
 from cityseg import vocabulary as V
-from training import metrics as M
 
 
 class MaskError(ValueError):
@@ -35,12 +35,12 @@ def decode_mask(data: bytes) -> np.ndarray:
 
 
 def image_metrics(truth: np.ndarray, prediction: np.ndarray) -> dict[str, Any]:
-    """The metrics of one image, from `training.metrics` so they match evaluation exactly.
+    """The metrics of one image, from `cityseg.metrics` so they match evaluation exactly.
 
     `pixel_accuracy` and `mean_iou` follow the Cityscapes category benchmark (ground-truth void
     pixels ignored, mean over the 7 non-void categories); `iou` holds those 7 per-category
     IoUs (null where a category is in neither mask). The full summary of
-    `training.metrics.summarize` (the seed's all-pixel figures) is kept under `all_pixels`.
+    `cityseg.metrics.summarize` (the seed's all-pixel figures) is kept under `all_pixels`.
 
     Raises:
       ValueError: if the masks differ in shape or hold ids outside 0..7.

@@ -14,6 +14,7 @@ import pytest
 
 from cityseg import vocabulary as V
 from serving import client as C
+from serving import wire_pb2 as W
 
 
 class FakeRpcError(grpc.RpcError):
@@ -36,12 +37,10 @@ class FakePredictionStub:
         self.calls: list[tuple[object, float]] = []
 
     def Predict(self, request, timeout):  # noqa: N802 - the stub's method name
-        from tensorflow_serving.apis import predict_pb2
-
         self.calls.append((request, timeout))
         if self.failures:
             raise FakeRpcError(self.failures.pop(0))
-        response = predict_pb2.PredictResponse()
+        response = W.PredictResponse()  # what the real stub's deserializer returns
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = self.version
         images = request.inputs[V.INPUT_KEY].string_val
