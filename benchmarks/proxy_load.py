@@ -76,13 +76,15 @@ def export_stand_in(models_dir: Path, name: str, input_size: tuple[int, int]) ->
 
     from training.export import export_model
 
-    inputs = keras.Input((*input_size, 3))  # the export resizes every image to this
+    inputs = keras.Input((None, None, 3))
     x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(inputs)
     x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(x)
     x = keras.layers.Conv2D(V.NUM_CATEGORIES, 1)(x)
     outputs = keras.layers.UpSampling2D(4, interpolation="bilinear")(x)
-    export_model(keras.Model(inputs, outputs), models_dir, name, input_size=input_size,
-                 version=1, model_info={"architecture": "proxy_load stand-in"})
+    # Frames are shrunk to a long side of max(input_size) in the graph, aspect kept.
+    export_model(keras.Model(inputs, outputs), models_dir, name, stride=4,
+                 max_long_side=max(input_size), version=1,
+                 model_info={"architecture": "proxy_load stand-in"})
 
 
 def wait_until(check, what: str, timeout_s: float, process: subprocess.Popen) -> None:

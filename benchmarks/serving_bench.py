@@ -69,8 +69,8 @@ def stand_in_model(models_dir: Path, input_size: tuple[int, int]) -> str:
     for filters in (16, 32, 64):
         x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
     logits = keras.layers.Conv2DTranspose(V.NUM_CATEGORIES, 16, strides=8, padding="same")(x)
-    export_model(keras.Model(inputs, logits), models_dir, "bench", input_size=input_size,
-                 version=1)
+    export_model(keras.Model(inputs, logits), models_dir, "bench", stride=8,
+                 max_long_side=max(input_size), version=1)
     return "bench"
 
 

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cityseg import vocabulary as V
 from training import augment as A
 
 H, W = 32, 48
@@ -155,3 +156,45 @@ def test_augment_is_deterministic_for_a_seed_eagerly_and_in_a_dataset(image, lab
 def test_impossible_config_raises(kwargs):
     with pytest.raises(ValueError):
         A.AugmentConfig(**kwargs)
+
+
+@pytest.mark.parametrize("size", [(375, 1242), (360, 480), (1, 1), (7, 300)])
+@pytest.mark.parametrize("scale", [0.5, 1.0, 2.0])
+def test_scale_and_crop_gives_the_crop_at_any_frame_size(size, scale):
+    """Frames smaller than the crop are padded with void; no category is ever invented."""
+    h, w = size
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.random((h, w, 3)), tf.float32)
+    label = tf.constant(rng.integers(1, 4, (h, w)), tf.uint8)
+    crop = (64, 96)
+    out_image, out_label = A.scale_and_crop(image, label, scale, crop, tf.constant([0, 0]))
+    assert tuple(out_image.shape) == (*crop, 3) and tuple(out_label.shape) == crop
+    scaled = (max(1, round(h * scale)), max(1, round(w * scale)))
+    values = set(np.unique(out_label.numpy()))
+    assert values <= {0, 1, 2, 3}
+    if scaled[0] < crop[0] or scaled[1] < crop[1]:
+        # Padding: grey image, void label beyond the scaled frame.
+        assert (out_label.numpy()[scaled[0]:] == V.VOID).all()
+        assert (out_label.numpy()[:, scaled[1]:] == V.VOID).all()
+        assert np.allclose(out_image.numpy()[scaled[0]:], A.NEUTRAL_IMAGE_VALUE)
+    else:
+        assert V.VOID not in values
+
+
+def test_scale_and_crop_at_scale_one_is_a_plain_window():
+    image = tf.reshape(tf.range(20 * 30 * 3, dtype=tf.float32), (20, 30, 3))
+    label = tf.reshape(tf.range(20 * 30) % 7, (20, 30))
+    out_image, out_label = A.scale_and_crop(image, label, 1.0, (8, 16), tf.constant([5, 9]))
+    np.testing.assert_array_equal(out_image.numpy(), image.numpy()[5:13, 9:25])
+    np.testing.assert_array_equal(out_label.numpy(), label.numpy()[5:13, 9:25])
+
+
+@pytest.mark.parametrize("size", [(375, 1242), (360, 480), (1, 1)])
+def test_augment_with_a_crop_size_has_static_crop_shapes(size):
+    image = tf.random.uniform((*size, 3))
+    label = tf.ones(size, tf.uint8)
+    fn = tf.function(lambda i, l, s: A.augment(i, l, s, A.AugmentConfig(), crop_size=(96, 128)))
+    out_image, out_label = fn(image, label, tf.constant([1, 2], tf.int64))
+    assert tuple(out_image.shape) == (96, 128, 3) and tuple(out_label.shape) == (96, 128)
+    assert 0.0 <= float(tf.reduce_min(out_image)) and float(tf.reduce_max(out_image)) <= 1.0
+    assert set(np.unique(out_label.numpy())) <= {0, 1}

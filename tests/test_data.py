@@ -195,3 +195,52 @@ def test_count_examples_and_load_stats(data_dir, tmp_path):
     (tmp_path / V.STATS_FILE).write_text("[1, 2]")
     with pytest.raises(ValueError, match="JSON object"):
         data.load_stats(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def mixed_sizes(tmp_path_factory):
+    """Records of several cameras' sizes in one split (odd sizes and a 1x1 frame included)."""
+    from test_train import _example
+
+    root = tmp_path_factory.mktemp("mixed")
+    folder = root / V.TFRECORDS_DIR / "train"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    sizes = [(36, 48), (75, 248), (1, 1), (54, 96), (40, 40), (19, 23)]
+    with tf.io.TFRecordWriter(str(folder / V.shard_name("train", 0, 1))) as writer:
+        for k, (h, w) in enumerate(sizes):
+            image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            label = rng.integers(1, V.NUM_CATEGORIES, (h, w), dtype=np.uint8)
+            writer.write(_example(image, label, f"cam_{k:06d}_000019", "train")
+                         .SerializeToString())
+    return root, sizes
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_crops_batch_frames_of_any_size(mixed_sizes, augment):
+    root, sizes = mixed_sizes
+    ds = data.make_dataset(root, "train", batch_size=3, crop_size=(32, 64), augment=augment,
+                           seed=1, drop_remainder=True)
+    assert ds.element_spec[0].shape.as_list() == [3, 32, 64, 3]
+    batches = list(ds)
+    assert len(batches) == len(sizes) // 3
+    for images, labels in batches:
+        assert images.shape == (3, 32, 64, 3) and labels.shape == (3, 32, 64)
+        # Frames smaller than the crop come padded with void (never seen in these labels).
+        assert labels.numpy().min() >= 0 and labels.numpy().max() < V.NUM_CATEGORIES
+    all_labels = np.concatenate([labels.numpy() for _, labels in batches])
+    assert (all_labels == V.VOID).any()  # the 1x1 and 19x23 frames were padded
+
+
+def test_whole_frames_padded_to_the_stride_batch_together(mixed_sizes):
+    root, sizes = mixed_sizes
+    ds = data.make_dataset(root, "train", batch_size=2, pad_to_multiple=16)
+    seen = []
+    for images, labels in ds:
+        h, w = labels.shape[1:]
+        assert h % 16 == 0 and w % 16 == 0 and images.shape[1:3] == (h, w)
+        for label in labels.numpy():
+            nonvoid = np.argwhere(label != V.VOID)
+            seen.append(tuple(nonvoid.max(axis=0) + 1))
+    # Every frame kept its own size and aspect (its labels are all non-void).
+    assert seen == sizes

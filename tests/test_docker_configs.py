@@ -134,6 +134,41 @@ def test_proxy_dockerfile_command_is_a_valid_proxy_command_line(compose):
     assert compose["services"]["proxy"]["depends_on"]["tfserving"]["condition"] == "service_healthy"
 
 
+def _requirements(*extras: str) -> set[str]:
+    """Project names the install needs with `extras` (self-references like cityseg[x] expanded)."""
+    from setuptools.config.setupcfg import read_configuration
+
+    options = read_configuration(DOCKER.parent / "setup.cfg")["options"]
+    names, pending, seen = set(), list(extras), set()
+    for requirement in options["install_requires"]:
+        names.add(re.split(r"[<>=!~\[; ]", requirement)[0].lower())
+    while pending:
+        extra = pending.pop()
+        seen.add(extra)
+        for requirement in options["extras_require"][extra]:
+            nested = re.fullmatch(r"cityseg\[(.*)\]", requirement)
+            if nested:
+                pending += [e for e in nested.group(1).split(",") if e not in seen]
+            else:
+                names.add(re.split(r"[<>=!~\[; ]", requirement)[0].lower())
+    return names
+
+
+def test_proxy_image_installs_only_the_proxy_extra():
+    text = (DOCKER / "proxy.Dockerfile").read_text()
+    assert re.findall(r"pip install (\S+)", text) == ["'.[proxy]'"]
+    # Only the packages the proxy imports are in the image.
+    assert set(re.findall(r"^COPY (\w+) \./", text, re.M)) == {"cityseg", "serving", "proxy"}
+    proxy = _requirements("proxy")
+    assert {"flask", "gunicorn", "grpcio", "protobuf", "numpy", "pillow",
+            "prometheus-client"} <= proxy
+    assert not proxy & {"tensorflow", "tensorflow-serving-api", "keras", "apache-beam",
+                        "matplotlib"}
+    # ... while `make test` (.[test]) still installs everything.
+    assert {"tensorflow", "tensorflow-serving-api", "keras", "apache-beam", "tensorboard",
+            "matplotlib", "pytest"} | proxy <= _requirements("test")
+
+
 def test_plain_compose_up_runs_the_job_then_serving_then_the_proxy(compose):
     jobs = compose["services"]["jobs"]
     assert "profiles" not in jobs  # `docker compose up` starts it without flags
@@ -184,7 +219,7 @@ def config_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("docker-models")
     inputs = keras.Input((None, None, 3))
     model = keras.Model(inputs, keras.layers.Conv2D(V.NUM_CATEGORIES, 1)(inputs))
-    template = export_model(model, root / ".template", "m", input_size=(8, 8), version=1)
+    template = export_model(model, root / ".template", "m", stride=1, version=1)
     for name in MODEL_NAMES:
         shutil.copytree(template, root / name / "1")
     shutil.copytree(template, root / LABELLED / "2")
@@ -217,7 +252,9 @@ def test_version_labels_route_to_their_versions(config_server):
             request = predict_pb2.PredictRequest()
             request.model_spec.name = LABELLED
             request.model_spec.version_label = label
-            request.inputs[V.INPUT_KEY].CopyFrom(C.string_tensor([image]))
+            # The client's tensor is a wire_pb2 message: moved into TF's request as bytes.
+            request.inputs[V.INPUT_KEY].ParseFromString(
+                C.string_tensor([image]).SerializeToString())
             assert stub.Predict(request, timeout=30).model_spec.version.value == version
     base = f"http://localhost:{config_server.rest_port}/v1/models/{LABELLED}"
     with urllib.request.urlopen(f"{base}/labels/canary", timeout=10) as response:

@@ -107,7 +107,7 @@ def setup(tmp_path_factory):
         for epoch in range(3):
             writer.writerow([epoch, 1.0 / (epoch + 1), 1.2 / (epoch + 1), 0.2 * epoch,
                              0.15 * epoch, 1e-3, 2.0])
-    export_dir = export_model(model, root / "models", "tiny", input_size=SIZE)
+    export_dir = export_model(model, root / "models", "tiny", stride=1)
 
     labels = np.stack([label for _, label in scenes])
     expected_pred = np.stack([np.array([COLOURS[tuple(p)] for p in image.reshape(-1, 3)])
@@ -235,3 +235,165 @@ def test_colour_baseline_on_records_matches_the_colour_rule(setup, tmp_path):
     written = json.loads((tmp_path / "b" / E.METRICS_FILE).read_text())
     assert written["model_kind"] == B.BASELINE_NAME
     assert written["pixel_accuracy"] == pytest.approx(summary["pixel_accuracy"])
+
+
+# --- SavedModels at the raw frames' own resolution -----------------------------------------
+
+RAW_SIZE = (2 * SIZE[0], 2 * SIZE[1])
+# label ids drawn for each colour's category (several ids per category: the remap must merge them)
+LABEL_IDS = {0: (0, 1, 4), 1: (7, 8, 9), 4: (21, 22), 5: (23,)}
+
+
+def make_raw_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A raw-size block image of pure colours and its Cityscapes label ids (0..33), 20% noise."""
+    colours = np.array(list(COLOURS), np.uint8)
+    blocks = rng.integers(0, len(colours), (RAW_SIZE[0] // 8, RAW_SIZE[1] // 8))
+    blocks = np.kron(blocks, np.ones((8, 8), np.int64))
+    image = colours[blocks]
+    categories = np.array(list(COLOURS.values()))[blocks]
+    label_ids = np.zeros(RAW_SIZE, np.uint8)
+    for category, ids in LABEL_IDS.items():
+        where = categories == category
+        label_ids[where] = rng.choice(ids, int(where.sum()))
+    noisy = rng.random(RAW_SIZE) < 0.2
+    label_ids[noisy] = rng.integers(0, V.NUM_LABEL_IDS, int(noisy.sum()))
+    return image, label_ids
+
+
+def write_raw_tree(raw_root, split: str, scenes) -> list[dict]:
+    """Writes the scenes as a Cityscapes tree; returns their manifest rows."""
+    from PIL import Image
+
+    rows = []
+    for index, (image, label_ids) in enumerate(scenes):
+        image_id = f"testcity_000000_{index:06d}"
+        row = {"image_id": image_id, "split": split, "city": "testcity",
+               "image": str(V.image_path(split, image_id)),
+               "label": str(V.label_path(split, image_id)),
+               "height": RAW_SIZE[0], "width": RAW_SIZE[1]}
+        for rel, array in ((row["image"], image), (row["label"], label_ids)):
+            (raw_root / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(raw_root / rel)
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def raw_setup(setup):
+    """A raw tree of 4 val frames at RAW_SIZE; DATA holds them at half size and the manifest."""
+    root = setup["root"] / "raw-case"
+    rng = np.random.default_rng(11)
+    scenes = [make_raw_scene(rng) for _ in range(4)]
+    raw_root = root / "cityscapes"
+    rows = write_raw_tree(raw_root, "val", scenes)
+    data_dir = root / "data"
+    # Records as the Beam job would store them at a smaller --image-size (every other pixel).
+    write_split(data_dir, "val", [(image[::2, ::2], V.remap_labels(ids)[::2, ::2])
+                                  for image, ids in scenes])
+    (data_dir / V.MANIFEST_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"data": data_dir, "raw": raw_root, "scenes": scenes, "export": setup["export"],
+            "root": root}
+
+
+def evaluate_raw_cli(raw_setup, report_dir, *extra, data=None) -> dict:
+    code = E.main(["--data-dir", str(data or raw_setup["data"]), "--model",
+                   str(raw_setup["export"]), "--split", "val", "--report-dir", str(report_dir),
+                   "--batch-size", "3", "--overlays", "1", *extra])
+    assert code == 0
+    return json.loads((report_dir / E.METRICS_FILE).read_text())
+
+
+def test_saved_model_scored_at_raw_resolution(raw_setup, tmp_path):
+    metrics = evaluate_raw_cli(raw_setup, tmp_path / "r", "--raw-root", str(raw_setup["raw"]))
+    # The record pass is unchanged: 4 images at record size, top-level keys as before.
+    assert metrics["resolution"] == "record" and metrics["images"] == 4
+    assert np.array(metrics["confusion_matrix"]).sum() == 4 * SIZE[0] * SIZE[1]
+    raw = metrics["raw"]
+    assert raw["resolution"] == E.RAW_RESOLUTION
+    assert raw["images"] == 4 and raw["skipped"] == 0 and raw["skipped_reasons"] == {}
+    assert raw["raw_root"] == str(raw_setup["raw"])
+    cm = np.array(raw["confusion_matrix"])
+    # Every raw pixel scored: raw, not record, resolution.
+    assert cm.shape == (8, 8) and cm.sum() == 4 * RAW_SIZE[0] * RAW_SIZE[1]
+    for key in ("pixel_accuracy", "mean_iou_7", "mean_iou_8", "iou", "iou_non_void", "pixels"):
+        assert key in raw
+    assert raw["pixels"] == cm.sum()
+    # The model follows the colours; 20% of the labels are noise: well above chance, below 1.
+    assert 0.6 < raw["pixel_accuracy"] < 0.95
+    assert E.RAW_IOU_FILE in metrics["plots"]
+    assert (tmp_path / "r" / E.RAW_IOU_FILE).stat().st_size > 5_000
+
+
+def test_raw_ground_truth_is_the_vocabulary_remap_of_the_label_ids(raw_setup, tmp_path):
+    """Confusion-matrix rows (the truth) count the raw label PNGs remapped by the label table."""
+    from PIL import Image
+
+    metrics = evaluate_raw_cli(raw_setup, tmp_path / "r", "--raw-root", str(raw_setup["raw"]))
+    table = np.zeros(256, np.int64)
+    for label in V.LABELS:
+        if label.id >= 0:
+            table[label.id] = label.category_id
+    expected = np.zeros(V.NUM_CATEGORIES, np.int64)
+    for path in sorted((raw_setup["raw"] / V.LABEL_DIR).rglob(f"*{V.LABEL_SUFFIX}")):
+        ids = np.asarray(Image.open(path))
+        expected += np.bincount(table[ids].ravel(), minlength=V.NUM_CATEGORIES)
+    cm = np.array(metrics["raw"]["confusion_matrix"])
+    np.testing.assert_array_equal(cm.sum(axis=1), expected)
+    # Ids 4 (static), 9 (parking), 22 (terrain) were drawn: merged into void, flat, nature.
+    assert expected[V.CATEGORIES.index("nature")] > 0 and expected[V.VOID] > 0
+
+
+def test_raw_rows_with_missing_or_invalid_files_are_skipped(raw_setup, tmp_path, caplog):
+    import shutil
+    from PIL import Image
+
+    raw_root = tmp_path / "cityscapes"
+    shutil.copytree(raw_setup["raw"], raw_root)
+    (raw_root / V.label_path("val", "testcity_000000_000001")).unlink()
+    # 255 is outside the label ids 0..33: corrupt input, never mapped to a category.
+    bad = raw_root / V.label_path("val", "testcity_000000_000002")
+    ids = np.asarray(Image.open(bad)).copy()
+    ids[0, 0] = 255
+    Image.fromarray(ids).save(bad)
+    with caplog.at_level("WARNING", logger="cityseg.evaluate"):
+        metrics = evaluate_raw_cli(raw_setup, tmp_path / "r", "--raw-root", str(raw_root))
+    raw = metrics["raw"]
+    assert raw["images"] == 2 and raw["skipped"] == 2
+    assert raw["skipped_reasons"] == {E.MISSING_FILE: 1, "unknown_label_ids": 1}
+    assert np.array(raw["confusion_matrix"]).sum() == 2 * RAW_SIZE[0] * RAW_SIZE[1]
+    assert metrics["images"] == 4  # the record pass is not affected
+    warnings = [r.getMessage() for r in caplog.records if "skipped 2" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+
+
+def test_raw_root_defaults_to_stats_and_max_images_applies_to_both(raw_setup, tmp_path):
+    import shutil
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(raw_setup["data"], data_dir)
+    (data_dir / V.STATS_FILE).write_text(
+        json.dumps({E.STATS_INPUT_ROOT_KEY: str(raw_setup["raw"])}))
+    metrics = evaluate_raw_cli(raw_setup, tmp_path / "r", "--max-images", "2", data=data_dir)
+    assert metrics["images"] == 2 and metrics["raw"]["images"] == 2
+    assert metrics["raw"]["raw_root"] == str(raw_setup["raw"])
+    assert np.array(metrics["raw"]["confusion_matrix"]).sum() == 2 * RAW_SIZE[0] * RAW_SIZE[1]
+    # Without --raw-root and with nothing recorded, the raw pass is skipped, not an error.
+    metrics = evaluate_raw_cli(raw_setup, tmp_path / "r2", "--max-images", "1")
+    assert "raw" not in metrics and E.RAW_IOU_FILE not in metrics["plots"]
+
+
+def test_missing_raw_root_is_a_one_line_error(raw_setup, tmp_path, capsys):
+    code = E.main(["--data-dir", str(raw_setup["data"]), "--model", str(raw_setup["export"]),
+                   "--report-dir", str(tmp_path / "r"), "--raw-root", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("cityseg-evaluate: error: --raw-root") and "\n" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_raw_root_without_manifest_is_a_one_line_error(setup, raw_setup, tmp_path, capsys):
+    code = E.main(["--data-dir", str(setup["data"]), "--model", str(setup["export"]),
+                   "--report-dir", str(tmp_path / "r"), "--raw-root", str(raw_setup["raw"])])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert V.MANIFEST_FILE in err and "\n" not in err

@@ -78,7 +78,8 @@ def test_export_round_trip_serves_any_size_and_format(run_dir, tmp_path, capsys)
     info = json.loads((version_dir / "assets" / V.MODEL_INFO_FILE).read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert info["architecture"]["model"] == "unet" and info["architecture"]["width"] == 4
-    assert info["input_size"] == [32, 64]
+    assert info["working_resolution"] == {"max_long_side": 1024, "stride": 16,
+                                          "aspect_ratio": "kept"}
     assert info["training"]["best_val_mean_iou"] == pytest.approx(summary["best_val_mean_iou"])
     assert info["training"]["weights"] == "best.keras"
     assert info["training"]["stats"]["train"]["images"] == 8
@@ -157,9 +158,67 @@ def test_every_architecture_exports_and_serves_any_size(name, tmp_path):
     assert set(MODEL_BUILDERS) == {"unet", "pspnet", "fcn8", "fastscnn"}
     stride = model_stride(name)
     model = build_model(name, width=4)
-    version = export_model(model, tmp_path, name, input_size=(stride * 2, stride * 4))
+    version = export_model(model, tmp_path, name, stride=stride)
     serve = tf.saved_model.load(str(version)).signatures[V.SIGNATURE_NAME]
     image = _encode(np.random.default_rng(0).integers(0, 255, (45, 71, 3), np.uint8), "PNG")
     (mask,) = serve(**{V.INPUT_KEY: tf.constant([image])})[V.OUTPUT_KEY].numpy()
     decoded = np.asarray(Image.open(io.BytesIO(mask)))
     assert decoded.shape == (45, 71) and decoded.max() < V.NUM_CATEGORIES
+
+
+class _BandProbe:
+    """A 'model' whose category at each pixel encodes where the pixel lies in ITS input.
+
+    Category 1 + (7 row / H + 7 col / W) mod 7 over the model's (padded) input: if the graph
+    squashed a frame, padded it wrongly or cropped it back wrongly, the bands land elsewhere.
+    """
+
+    @staticmethod
+    def build():
+        import keras
+        import tensorflow as tf
+
+        class BandProbe(keras.layers.Layer):
+            def call(self, x):
+                shape = tf.shape(x)
+                rows = tf.range(shape[1]) * 7 // shape[1]
+                cols = tf.range(shape[2]) * 7 // shape[2]
+                category = 1 + (rows[:, None] + cols[None, :]) % 7
+                logits = tf.one_hot(category, V.NUM_CATEGORIES) * 10.0
+                return logits[None] + 0.0 * x[..., :1]
+
+        inputs = keras.Input((None, None, 3))
+        return keras.Model(inputs, BandProbe()(inputs))
+
+    @staticmethod
+    def expected(size, long_side, stride):
+        h, w = size
+        scale = min(1.0, long_side / max(h, w)) if long_side else 1.0
+        hw, ww = max(1, round(h * scale)), max(1, round(w * scale))
+        hp, wp = -(-hw // stride) * stride, -(-ww // stride) * stride
+        u = np.minimum(((np.arange(h) + 0.5) * hw / h).astype(int), hw - 1)
+        v = np.minimum(((np.arange(w) + 0.5) * ww / w).astype(int), ww - 1)
+        return 1 + ((u[:, None] * 7 // hp) + (v[None, :] * 7 // wp)) % 7
+
+
+@pytest.mark.parametrize("long_side", [1024, None])
+def test_export_keeps_the_aspect_ratio_of_every_camera(tmp_path, long_side):
+    """One request, four cameras: each frame is shrunk with its aspect ratio (long side at
+    most 1024), padded to the stride, and its mask cropped and resized back to the frame."""
+    import tensorflow as tf
+
+    from training.export import export_model
+
+    version = export_model(_BandProbe.build(), tmp_path, "probe", stride=32,
+                           max_long_side=long_side)
+    sizes = [(360, 480), (1024, 2048), (1080, 1920), (375, 1242)]
+    frames = [_encode(np.full((h, w, 3), 90, np.uint8), "PNG") for h, w in sizes]
+    serve = tf.saved_model.load(str(version)).signatures[V.SIGNATURE_NAME]
+    masks = serve(**{V.INPUT_KEY: tf.constant(frames)})[V.OUTPUT_KEY].numpy()
+    for size, encoded in zip(sizes, masks):
+        mask = np.asarray(Image.open(io.BytesIO(encoded)))
+        assert mask.shape == size
+        agreement = (mask == _BandProbe.expected(size, long_side, 32)).mean()
+        assert agreement > 0.99, (size, agreement)
+    info = json.loads((version / "assets" / V.MODEL_INFO_FILE).read_text())
+    assert info["working_resolution"]["max_long_side"] == long_side

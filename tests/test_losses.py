@@ -121,3 +121,28 @@ def test_loss_gradients_flow_and_serialise(labels):
 def test_bad_loss_requests_raise(name, weights):
     with pytest.raises(ValueError):
         losses.make_loss(name, weights)
+
+
+def test_ohem_keeps_only_hard_pixels_and_at_least_a_fraction():
+    """Confident pixels (p > 0.7) drop out unless needed to keep min_kept_fraction."""
+    labels = np.zeros((1, 1, 10), np.int32) + 1
+    logits = np.zeros((1, 1, 10, 3), np.float32)
+    logits[..., 1] = 10.0          # 9 confident, correct pixels
+    logits[0, 0, 0] = [0, 0, 5.0]  # one hard pixel
+    ce = losses.cross_entropy(labels[..., :1], logits[:, :, :1])
+    got = losses.ohem_cross_entropy(labels, logits, min_kept_fraction=0.1)
+    np.testing.assert_allclose(got.numpy(), ce.numpy(), rtol=1e-5)  # only the hard one
+    # Nothing hard: the top 20 % by loss still train (2 of 10 pixels).
+    easy = np.zeros((1, 1, 10, 3), np.float32)
+    easy[..., 1] = np.linspace(3, 12, 10)
+    got = losses.ohem_cross_entropy(labels, easy, min_kept_fraction=0.2)
+    expected = losses.cross_entropy(labels[..., :2], easy[:, :, :2])
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5)
+
+
+def test_ohem_ignores_the_ignored_class():
+    labels = np.array([[[0, 0, 1, 1]]], np.int32)
+    logits = np.zeros((1, 1, 4, 2), np.float32)
+    logits[0, 0, :2, 1] = 9.0  # void pixels predicted very wrong: must not count
+    got = losses.ohem_cross_entropy(labels, logits, ignore_class=0)
+    np.testing.assert_allclose(got.numpy(), [np.log(2.0)], rtol=1e-5)

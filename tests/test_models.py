@@ -127,3 +127,35 @@ def test_fcn8_default_is_the_true_vgg16_fcn8s():
     assert encoder == 14_714_688  # keras.applications.VGG16(include_top=False)
     logits = model(np.zeros((1, 32, 64, 3), "float32"))
     assert logits.shape == (1, 32, 64, V.NUM_CATEGORIES)
+
+
+@pytest.mark.parametrize("name", ["fastscnn", "pspnet"])
+def test_aux_heads_add_their_losses_and_leave_the_inference_model_alone(name):
+    """The papers' auxiliary losses: weight 0.4, trained, and absent from the exported model."""
+    import numpy as np
+
+    from training import losses
+
+    inference = models.build_model(name, width=8)
+    loss = losses.make_loss("ce", ignore_class=V.VOID)
+    trained = models.with_aux_heads(inference, name, loss)
+    assert len(trained.trainable_weights) > len(inference.trainable_weights)
+    # Shared layers: training the one trains the other.
+    assert all(any(w is t for t in trained.weights) for w in inference.weights)
+    images = np.random.default_rng(0).random((2, 64, 96, 3)).astype("float32")
+    labels = np.random.default_rng(1).integers(1, V.NUM_CATEGORIES, (2, 64, 96)).astype("int32")
+    logits = trained([images, labels], training=True)
+    assert tuple(logits.shape) == (2, 64, 96, V.NUM_CATEGORIES)
+    assert len(trained.losses) == len(models.AUX_HEAD_INPUTS[name])
+    for aux_loss in trained.losses:
+        # 0.4 x cross-entropy of near-uniform logits: about 0.4 ln 8.
+        assert 0.2 < float(aux_loss) < 2.0
+    assert inference.output.shape[-1] == V.NUM_CATEGORIES
+
+
+def test_models_without_aux_heads():
+    from training import losses
+
+    for name in ("unet", "fcn8"):
+        assert models.with_aux_heads(models.build_model(name, width=4), name,
+                                     losses.make_loss("ce")) is None

@@ -26,7 +26,7 @@ def server(tmp_path_factory):
     inputs = keras.Input((None, None, 3))
     model = keras.Model(inputs, keras.layers.Conv2D(V.NUM_CATEGORIES, 1)(inputs))
     models = tmp_path_factory.mktemp("models")
-    export_model(model, models, "tiny", input_size=(16, 16))
+    export_model(model, models, "tiny", stride=1)
     handle = start_server(models, poll_wait_s=0)
     yield handle
     handle.stop()

@@ -46,8 +46,8 @@ def models_dir(tmp_path_factory):
     from training.export import export_model
 
     root = tmp_path_factory.mktemp("models")
-    export_model(tiny_model(), root, "tiny", input_size=(16, 32), version=1)
-    export_model(tiny_model(1), root, "swap", input_size=(16, 32), version=1)
+    export_model(tiny_model(), root, "tiny", stride=1, version=1)
+    export_model(tiny_model(1), root, "swap", stride=1, version=1)
     (root / "empty").mkdir()  # a model folder with no version yet
     return root
 
@@ -155,7 +155,8 @@ def _raw_predict(server, inputs: dict, signature: str = V.SIGNATURE_NAME):
     request.model_spec.name = "tiny"
     request.model_spec.signature_name = signature
     for key, tensor in inputs.items():
-        request.inputs[key].CopyFrom(tensor)
+        # TensorFlow's TensorProto or the client's wire_pb2 one: the same bytes either way.
+        request.inputs[key].ParseFromString(tensor.SerializeToString())
     with grpc.insecure_channel(f"localhost:{server.grpc_port}") as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         return stub.Predict(request, timeout=30)
@@ -287,7 +288,7 @@ def test_new_version_swaps_in_under_load_without_failures(server, models_dir):
         thread.start()
     try:
         time.sleep(0.3)
-        export_model(tiny_model(2), models_dir, "swap", input_size=(16, 32), version=2)
+        export_model(tiny_model(2), models_dir, "swap", stride=1, version=2)
         deadline = time.monotonic() + 60
         status = []
         while time.monotonic() < deadline:

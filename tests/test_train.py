@@ -221,7 +221,10 @@ def test_starting_over_an_existing_run_without_resume_is_refused(toy_data, tmp_p
 
 @pytest.mark.parametrize("change,message", [
     (["--model", "nosuchnet"], "unknown model"),
-    (["--image-size", "30x64"], "not divisible by 16"),
+    (["--crop-size", "30x64"], "not divisible by 16"),
+    (["--scale-range", "2,1"], "--scale-range must be 0 < MIN <= MAX"),
+    (["--rotation", "200"], "--rotation must be in [0, 180]"),
+    (["--warmup", "1"], "--warmup must be a fraction"),
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--epochs", "-1"], "--epochs must be positive"),
     (["--time-limit", "0"], "--time-limit must be positive"),

@@ -22,34 +22,45 @@ import tensorflow as tf
 from cityseg import vocabulary as V
 from training import ops
 
-# Grey in the middle of [0, 1]: what the model sees where a rotation uncovers no image.
-NEUTRAL_IMAGE_VALUE = 0.5
+# What the model sees where a rotation uncovers no image: the padding value of training/ops.
+NEUTRAL_IMAGE_VALUE = ops.PAD_IMAGE_VALUE
 _BLUR_RADIUS = 4  # kernel of 2 * 4 + 1 = 9 taps covers +-3 sigma for sigma <= 1.5
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Strength of each augmentation (the seed's set).
+    """Strength of each augmentation.
+
+    The defaults are the recipe measured on real street photos (docs/benchmarks/recipe.md):
+    random scale + crop + flip + photometric jitter, no rotation (a car's camera is level;
+    rotation cost throughput and did not help there).
 
     Attributes:
-      max_rotation_degrees: rotation angle drawn uniformly in +-this.
-      max_crop_fraction: up to this fraction of height and width is cropped away (same
-        fraction on both axes, so the aspect ratio is kept), then resized back.
+      scale_range: each frame is resized by a factor drawn uniformly in this range before the
+        crop (both axes alike: the aspect ratio is kept). Used only with a crop size.
+      max_rotation_degrees: rotation angle drawn uniformly in +-this (0: none).
+      max_crop_fraction: the seed's zoom-in when no crop size is given: up to this fraction
+        of height and width is cropped away, then resized back.
       blur_probability: chance of a Gaussian blur.
       max_blur_sigma: blur sigma drawn uniformly in (0, this], in pixels.
       flip_probability: chance of a horizontal flip (a street scene mirrored is still a street
         scene; a vertical flip is not, so there is none).
       max_brightness_delta: brightness offset drawn in +-this (images are in [0, 1]).
       contrast_range: contrast factor drawn uniformly in this range.
+      saturation_range: saturation factor drawn uniformly in this range.
+      max_hue_delta: hue shift drawn in +-this (fraction of the colour circle).
     """
 
-    max_rotation_degrees: float = 25.0
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    max_rotation_degrees: float = 0.0
     max_crop_fraction: float = 0.2
-    blur_probability: float = 0.3
+    blur_probability: float = 0.0
     max_blur_sigma: float = 1.5
     flip_probability: float = 0.5
     max_brightness_delta: float = 0.2
     contrast_range: tuple[float, float] = (0.8, 1.2)
+    saturation_range: tuple[float, float] = (0.8, 1.2)
+    max_hue_delta: float = 0.03
 
     def __post_init__(self):
         if not 0.0 <= self.max_rotation_degrees <= 180.0:
@@ -61,9 +72,18 @@ class AugmentConfig:
                 raise ValueError(f"{name} must be in [0, 1], not {getattr(self, name)}")
         if self.max_blur_sigma < 0 or self.max_brightness_delta < 0:
             raise ValueError("max_blur_sigma and max_brightness_delta must be >= 0")
-        low, high = self.contrast_range
-        if not 0.0 < low <= high:
-            raise ValueError(f"contrast_range must be 0 < low <= high, not {self.contrast_range}")
+        if not 0.0 <= self.max_hue_delta <= 0.5:
+            raise ValueError(f"max_hue_delta must be in [0, 0.5], not {self.max_hue_delta}")
+        for name in ("scale_range", "contrast_range", "saturation_range"):
+            low, high = getattr(self, name)
+            if not 0.0 < low <= high:
+                raise ValueError(f"{name} must be 0 < low <= high, not {getattr(self, name)}")
+
+
+# A config that changes nothing but the crop position: training without augmentation.
+NO_AUGMENT = AugmentConfig(scale_range=(1.0, 1.0), max_crop_fraction=0.0, flip_probability=0.0,
+                           max_brightness_delta=0.0, contrast_range=(1.0, 1.0),
+                           saturation_range=(1.0, 1.0), max_hue_delta=0.0)
 
 
 # --- Deterministic ops -----------------------------------------------------------------------
@@ -130,6 +150,35 @@ def crop_and_resize(image: tf.Tensor, label: tf.Tensor, offset: tf.Tensor,
     return image, ops.resize_label(label, size)
 
 
+def scale_and_crop(image: tf.Tensor, label: tf.Tensor, scale, crop_size,
+                   offset) -> tuple[tf.Tensor, tf.Tensor]:
+    """Resizes a frame by `scale`, pads it to at least `crop_size`, cuts the window at `offset`.
+
+    The image is resized with `ops.resize_image` (area when shrinking, bilinear when
+    enlarging), the mask with nearest neighbour; padding is `ops.pad_to_size`'s (grey image,
+    void mask, which the loss ignores), so a frame smaller than the crop still trains.
+
+    Args:
+      image: float32 [H, W, 3].
+      label: integer mask [H, W].
+      scale: resize factor (> 0).
+      crop_size: (h, w) of the output.
+      offset: (y, x) of the window in the scaled, padded frame; must fit.
+
+    Returns:
+      (image float32 [h, w, 3], label [h, w]).
+    """
+    shape = tf.shape(image)[:2]
+    scaled = tf.maximum(tf.cast(tf.round(tf.cast(shape, tf.float32) * scale), tf.int32), 1)
+    image = ops.resize_image(image, scaled)
+    label = ops.resize_label(label, scaled)
+    image, label = ops.pad_to_size(image, label, crop_size)
+    crop_size = tf.convert_to_tensor(crop_size, tf.int32)
+    image = tf.slice(image, [offset[0], offset[1], 0], [crop_size[0], crop_size[1], -1])
+    label = tf.slice(label, [offset[0], offset[1]], [crop_size[0], crop_size[1]])
+    return image, label
+
+
 def gaussian_kernel(sigma: tf.Tensor, radius: int = _BLUR_RADIUS) -> tf.Tensor:
     """A normalised 1-D Gaussian of 2 * radius + 1 taps."""
     sigma = tf.maximum(tf.cast(sigma, tf.float32), 1e-3)
@@ -192,6 +241,26 @@ def random_crop(image, label, seed, max_fraction: float = 0.2):
     return crop_and_resize(image, label, tf.stack([offset_y, offset_x]), crop)
 
 
+def random_scale_crop(image, label, seed, crop_size, scale_range=(0.5, 2.0)):
+    """`scale_and_crop` with the scale drawn in `scale_range` and the window anywhere.
+
+    Returns tensors of exactly `crop_size` (static), whatever the frame's size.
+    """
+    scale_seed, y_seed, x_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    low, high = scale_range
+    scale = _uniform(scale_seed, low, high) if low != high else tf.constant(float(low))
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scaled = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), 1)
+    crop = tf.constant(crop_size, tf.int32)
+    slack = tf.maximum(scaled - crop, 0)
+    # maxval is exclusive; + 1 lets the window touch the far edge.
+    offset_y = tf.random.stateless_uniform([], y_seed, 0, slack[0] + 1, dtype=tf.int32)
+    offset_x = tf.random.stateless_uniform([], x_seed, 0, slack[1] + 1, dtype=tf.int32)
+    image, label = scale_and_crop(image, label, scale, crop, tf.stack([offset_y, offset_x]))
+    return (tf.ensure_shape(image, [*crop_size, image.shape[-1]]),
+            tf.ensure_shape(label, list(crop_size)))
+
+
 def random_blur(image, seed, probability: float = 0.3, max_sigma: float = 1.5):
     """Blurs the image (never the mask) with `probability`, sigma drawn in (0, max_sigma]."""
     if probability == 0 or max_sigma == 0:
@@ -215,8 +284,20 @@ def random_brightness_contrast(image, seed, max_delta: float = 0.2,
     return tf.clip_by_value(image, 0.0, 1.0)
 
 
+def random_saturation_hue(image, seed, saturation_range=(0.8, 1.2), max_hue_delta=0.03):
+    """Scales saturation and shifts hue (cameras differ in colour rendering)."""
+    saturation_seed, hue_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    low, high = saturation_range
+    if low != high or low != 1.0:
+        image = tf.image.stateless_random_saturation(image, low, high, saturation_seed)
+    if max_hue_delta > 0:
+        image = tf.image.stateless_random_hue(image, max_hue_delta, hue_seed)
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
 def augment(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
-            config: AugmentConfig = AugmentConfig()) -> tuple[tf.Tensor, tf.Tensor]:
+            config: AugmentConfig = AugmentConfig(),
+            crop_size: tuple[int, int] | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """Applies the whole set to one example, all draws derived from `seed`.
 
     Args:
@@ -224,20 +305,30 @@ def augment(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor,
       label: integer category mask [H, W].
       seed: int32 or int64 [2], e.g. one element of `tf.data.Dataset.random(s).batch(2)`.
       config: strengths of each op.
+      crop_size: (h, w): random scale in `config.scale_range`, then a random window of this
+        size (frames smaller than it padded with void), so frames of any size batch together.
+        None: the seed's zoom-in (`max_crop_fraction`), keeping H and W.
 
     Returns:
-      (image float32 [H, W, 3] in [0, 1], label [H, W] of the input dtype), same H and W.
+      (image float32 [h, w, 3] in [0, 1], label [h, w] of the input dtype): `crop_size`, or
+      the input's H and W.
     """
     seed = tf.cast(seed, tf.int64)
-    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 5))
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 6))
     image = tf.cast(image, tf.float32)
-    image_shape, label_shape = image.shape, label.shape
-    image, label = random_crop(image, label, seeds[0], config.max_crop_fraction)
+    if crop_size is not None:
+        image, label = random_scale_crop(image, label, seeds[0], tuple(crop_size),
+                                         config.scale_range)
+        image_shape, label_shape = image.shape, label.shape
+    else:
+        image_shape, label_shape = image.shape, label.shape
+        image, label = random_crop(image, label, seeds[0], config.max_crop_fraction)
     image, label = random_rotation(image, label, seeds[1], config.max_rotation_degrees)
     image, label = random_flip(image, label, seeds[2], config.flip_probability)
     image = random_blur(image, seeds[3], config.blur_probability, config.max_blur_sigma)
     image = random_brightness_contrast(image, seeds[4], config.max_brightness_delta,
                                        config.contrast_range)
+    image = random_saturation_hue(image, seeds[5], config.saturation_range, config.max_hue_delta)
     # tf.cond and slicing lose the static sizes; every op keeps them, so restore them (batching
     # with drop_remainder then gives fully static shapes).
     return tf.ensure_shape(image, image_shape), tf.ensure_shape(label, label_shape)

@@ -238,3 +238,56 @@ def _number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(number) else number
+
+
+class Throughput(keras.callbacks.Callback):
+    """Training images per second, counting only the training phase of each epoch.
+
+    Validation, checkpoints and start-up are left out: this is the rate at which the budget
+    buys training, the figure to hold against the model's FLOPs.
+    """
+
+    def __init__(self, batch_size: int, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.batch_size = batch_size
+        self.clock = clock
+        self.images = 0
+        self.seconds = 0.0
+        self._since: float | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._since = self.clock()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.images += self.batch_size
+
+    def on_test_begin(self, logs=None):
+        self._stop()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._since is not None:
+            self.seconds += self.clock() - self._since
+            self._since = None
+
+    def images_per_second(self) -> float | None:
+        return round(self.images / self.seconds, 3) if self.seconds > 0 else None
+
+
+class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """Keras' `ModelCheckpoint(save_best_only=True)` that saves another model than the one fit.
+
+    The trainer fits a model with auxiliary heads but keeps the inference model (the same
+    layers, main head only) as `best.keras`, which evaluation and export load as it is.
+    """
+
+    def __init__(self, inference_model: keras.Model, filepath: str | os.PathLike, *,
+                 monitor: str, initial_value_threshold: float | None = None):
+        super().__init__(str(filepath), monitor=monitor, mode="max", save_best_only=True,
+                         initial_value_threshold=initial_value_threshold)
+        self._inference_model = inference_model
+
+    def set_model(self, model):
+        super().set_model(self._inference_model)

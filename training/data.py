@@ -3,7 +3,12 @@
 Stages are small functions chained in `make_dataset`:
 
     list_shards -> interleave(TFRecordDataset) -> shuffle -> repeat -> (+ per-example seed)
-      -> parse_example -> decode_example -> resize_example -> augment -> batch -> prefetch
+      -> parse_example -> decode_example -> resize_example -> augment (random scale + crop,
+      flip, colour) -> batch -> prefetch
+
+Frames keep their stored size and aspect ratio unless `image_size` asks to resize them:
+training takes fixed-size crops (`crop_size`), validation whole frames padded to the model's
+stride (`pad_to_multiple`).
 
 or, with `cache=True`, decode and resize first (once), then cache, shuffle, repeat, augment.
 
@@ -162,7 +167,9 @@ def make_dataset(data_dir: str | os.PathLike, split: str, *, batch_size: int,
                  augment_config: augment_lib.AugmentConfig | None = None,
                  shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
                  input_context: tf.distribute.InputContext | None = None,
-                 cache: bool | str | os.PathLike = False) -> tf.data.Dataset:
+                 cache: bool | str | os.PathLike = False,
+                 crop_size: tuple[int, int] | None = None,
+                 pad_to_multiple: int | None = None) -> tf.data.Dataset:
     """Batches of (images float32 [B, H, W, 3] in [0, 1], labels int32 [B, H, W]).
 
     Args:
@@ -188,6 +195,14 @@ def make_dataset(data_dir: str | os.PathLike, split: str, *, batch_size: int,
         in files there) so later epochs skip PNG decoding, the dominant cost; augmentation
         still draws anew each epoch. Memory: about H*W*4 bytes per example (0.5 MB at
         256x512). The first epoch must be read to its end for the cache to be kept.
+      crop_size: (height, width) training crops: each frame is randomly scaled (with
+        `augment`, by `augment_config.scale_range`), padded with void where smaller than the
+        crop, and cut at a random place, so frames of any size and aspect batch together.
+        Without `augment` only the window's place is random.
+      pad_to_multiple: pad each frame at the bottom and right to a multiple of this (a model's
+        stride) instead of resizing it, and batch frames of different sizes by padding them to
+        the largest (image grey, label void, which the loss and metrics ignore): validation
+        on whole frames, aspect ratio kept.
 
     Returns:
       The `tf.data.Dataset`, prefetching, with `dataset_options` applied.
@@ -202,6 +217,12 @@ def make_dataset(data_dir: str | os.PathLike, split: str, *, batch_size: int,
         image_size = tuple(int(s) for s in image_size)
         if len(image_size) != 2 or min(image_size) < 1:
             raise ValueError(f"image_size must be (height, width) > 0, not {image_size}")
+    if crop_size is not None:
+        crop_size = tuple(int(s) for s in crop_size)
+        if len(crop_size) != 2 or min(crop_size) < 1:
+            raise ValueError(f"crop_size must be (height, width) > 0, not {crop_size}")
+    if pad_to_multiple is not None and pad_to_multiple < 1:
+        raise ValueError(f"pad_to_multiple must be >= 1, not {pad_to_multiple}")
     config = augment_config or augment_lib.AugmentConfig()
     deterministic = seed is not None
     shards = list_shards(data_dir, split)
@@ -229,7 +250,9 @@ def make_dataset(data_dir: str | os.PathLike, split: str, *, batch_size: int,
     if repeat:
         ds = ds.repeat()
 
-    if augment:
+    if augment or crop_size is not None:
+        if not augment:
+            config = augment_lib.NO_AUGMENT
         # One [2] seed per example, drawn AFTER shuffle/repeat so every epoch differs while a
         # given `seed` reproduces the whole run; each input pipeline gets its own stream.
         pipeline_seed = seed
@@ -240,7 +263,7 @@ def make_dataset(data_dir: str | os.PathLike, split: str, *, batch_size: int,
 
         def prepare_and_augment(element, example_seed):
             image, label = prepare(element)
-            return augment_lib.augment(image, label, example_seed, config)
+            return augment_lib.augment(image, label, example_seed, config, crop_size)
 
         ds = ds.map(prepare_and_augment, num_parallel_calls=AUTOTUNE,
                     deterministic=deterministic)
@@ -248,8 +271,15 @@ def make_dataset(data_dir: str | os.PathLike, split: str, *, batch_size: int,
         ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
     ds = ds.map(to_model_inputs, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE,
-                  deterministic=deterministic)
+    if pad_to_multiple is not None:
+        ds = ds.map(lambda image, label: ops.pad_to_multiple(image, label, pad_to_multiple),
+                    num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        ds = ds.padded_batch(batch_size, drop_remainder=drop_remainder,
+                             padding_values=(tf.constant(ops.PAD_IMAGE_VALUE, tf.float32),
+                                             tf.constant(V.VOID, tf.int32)))
+    else:
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE,
+                      deterministic=deterministic)
     ds = ds.prefetch(AUTOTUNE)
     return ds.with_options(dataset_options(deterministic=deterministic,
                                            sharded=input_context is not None))

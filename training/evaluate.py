@@ -7,12 +7,23 @@
   `RUN/history.csv`) or a `.keras` file: evaluated through `training.data.make_dataset`, at the
   model's input size, exactly as the trainer validates;
 - an exported SavedModel version folder (`MODELS/name/version`), or `MODELS/name` (newest
-  version): the encoded PNGs stored in the TFRecords go through the `serving_default`
-  signature and the returned masks are compared with the stored labels at full record
-  resolution, exactly the serving path.
+  version), scored in up to two passes through the `serving_default` signature:
+  1. record resolution: the encoded PNGs stored in the TFRecords go through the signature and
+     the returned masks are compared with the stored labels (the Beam job may have resized
+     both, by default to 512x1024);
+  2. raw resolution, what the decision system sees: for each `DATA/manifest.jsonl` row of the
+     split, the raw camera image (`RAW/leftImg8bit/...png`) goes through the signature and the
+     returned mask is compared, at the frame's own size, with the raw `..._gtFine_labelIds.png`
+     remapped to the 8 categories (`cityseg.vocabulary.remap_labels`). RAW is `--raw-root`, or
+     the input root that DATA/stats.json records (`input_root`); with neither, this pass is
+     skipped. Pairs are read and checked by the Beam job's own per-pair code
+     (`preprocessing.records.load_pair`); a row whose files are missing or no longer valid is
+     skipped, counted in `raw.skipped` and reported in one warning line.
 
 Writes REPORT/metrics.json (pixel accuracy, mean IoU in both conventions, IoU per category, the
-confusion matrix) and the plots of `training.plots`.
+confusion matrix; for SavedModels scored at raw resolution also a `raw` object with the same
+keys plus `images`, `skipped`, `skipped_reasons`, `raw_root` and `resolution: "raw"`) and the
+plots of `training.plots` (plus `iou_per_category_raw.png`).
 """
 from __future__ import annotations
 
@@ -20,6 +31,7 @@ import argparse
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -28,6 +40,7 @@ import numpy as np
 
 from cityseg import vocabulary as V
 from cityseg.cli import CliError, HelpFormatter, parse_size, run_cli, setup_logging
+from cityseg.images import DEFAULT_MAX_PIXELS
 from training import plots
 from training.train import BEST_MODEL_FILE, CONFIG_FILE, HISTORY_FILE
 
@@ -47,6 +60,16 @@ LOG_EVERY_S = 10.0
 KERAS = "keras"
 SAVED_MODEL = "saved_model"
 
+RECORD_RESOLUTION = "record"
+RAW_RESOLUTION = "raw"
+RAW_IOU_FILE = "iou_per_category_raw.png"
+# The stats.json key under which a preprocessing run may record its --input-root: the default
+# raw root. The Beam job does not write it yet; --raw-root always works.
+STATS_INPUT_ROOT_KEY = "input_root"
+# Skip reason of a manifest row whose raw image or label file is gone; the other reasons are
+# the Beam job's own (`preprocessing.records.REASONS`).
+MISSING_FILE = "missing_file"
+
 
 @dataclass
 class EvalConfig:
@@ -60,6 +83,7 @@ class EvalConfig:
     image_size: tuple[int, int] | None = None
     max_images: int | None = None
     overlays: int = 4
+    raw_root: Path | None = None                # None: the one stats.json records, if any
 
     def validate(self) -> None:
         if self.split not in V.SPLITS:
@@ -74,6 +98,8 @@ class EvalConfig:
             raise CliError(f"data dir {self.data_dir} does not exist")
         if not self.model.exists():
             raise CliError(f"model {self.model} does not exist")
+        if self.raw_root is not None and not self.raw_root.is_dir():
+            raise CliError(f"--raw-root {self.raw_root} does not exist or is not a directory")
 
 
 @dataclass
@@ -94,6 +120,17 @@ class Evaluation:
     images: int
     resolution: str
     samples: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> inputs not scored
+
+
+@dataclass
+class RawFrame:
+    """One manifest row read from the raw tree: what is sent and what it is scored against."""
+
+    image_id: str
+    encoded: bytes          # the raw image file's bytes, sent as they are
+    image: np.ndarray       # uint8 [H, W, 3]
+    truth: np.ndarray       # uint8 [H, W] category ids, remapped from the raw label ids
 
 
 # --- Resolving --model -------------------------------------------------------------------
@@ -145,49 +182,77 @@ def run_image_size(run_dir: Path) -> tuple[int, int] | None:
 
 # --- Evaluating ----------------------------------------------------------------------------
 
-def evaluate_keras(model, data_dir: Path, split: str, *, batch_size: int,
-                   image_size: tuple[int, int] | None, max_images: int | None = None,
+def evaluate_keras(model, data_dir: Path, split: str, *, stride: int,
+                   image_size: tuple[int, int] | None = None, max_images: int | None = None,
                    num_samples: int = 0) -> Evaluation:
-    """Confusion matrix of a Keras logits model over a split, at the model's input size.
+    """Confusion matrix of a Keras logits model over a split, on whole frames.
 
-    Images and labels come through `training.data.make_dataset`, so they are resized exactly
-    as in training and validation (labels with nearest neighbour).
+    Each frame keeps its stored size (or is resized to `image_size`, for runs trained that
+    way), is padded to a multiple of `stride` exactly as in validation (`training.ops`), and
+    the prediction is cropped back to the frame before it is scored: aspect ratio kept, no
+    padded pixel counted.
     """
     import tensorflow as tf
 
-    from training.data import make_dataset
+    from training import data, ops
 
-    if image_size is None:
-        image_size = static_input_size(model)
-    dataset = make_dataset(data_dir, split, batch_size=batch_size, image_size=image_size)
+    records = data.read_records(data.list_shards(data_dir, split))
+
+    def prepare(serialized):
+        image, label = data.resize_example(*data.decode_example(data.parse_example(serialized)),
+                                           image_size)
+        padded, _ = ops.pad_to_multiple(image, None, stride)
+        return padded, image, label
+
+    dataset = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
     @tf.function(reduce_retracing=True)
-    def predict(images):
-        return tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
+    def predict(padded):
+        return tf.argmax(model(padded[tf.newaxis], training=False)[0], axis=-1,
+                         output_type=tf.int32)
 
     def batches() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        for images, labels in dataset:
-            yield images.numpy(), labels.numpy(), predict(images).numpy()
+        for padded, image, label in dataset:
+            height, width = label.shape
+            pred = predict(padded).numpy()[:height, :width]
+            yield image.numpy()[None], label.numpy()[None], pred[None]
 
     resolution = "x".join(map(str, image_size)) if image_size else "stored"
     return accumulate(batches(), max_images, num_samples, resolution)
 
 
+def serving_signature(export_dir: Path):
+    """Loads a SavedModel and returns its `serving_default` concrete function.
+
+    Raises:
+      ValueError: if the SavedModel has no such signature.
+    """
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(export_dir))
+    if V.SIGNATURE_NAME not in loaded.signatures:
+        raise ValueError(f"{export_dir} has no {V.SIGNATURE_NAME!r} signature")
+    return loaded.signatures[V.SIGNATURE_NAME]
+
+
 def evaluate_saved_model(export_dir: Path, data_dir: Path, split: str, *, batch_size: int,
-                         max_images: int | None = None, num_samples: int = 0) -> Evaluation:
+                         max_images: int | None = None, num_samples: int = 0,
+                         serve=None) -> Evaluation:
     """Confusion matrix of an exported SavedModel over a split, through its serving signature.
 
     The stored PNG bytes are sent as they are, and the returned PNG masks are compared with
     the stored labels at full record resolution: what a serving client would get.
+
+    Args:
+      serve: the signature from `serving_signature(export_dir)`, when the caller already
+        loaded it (one load for both passes); None loads it here.
     """
     import tensorflow as tf
 
     from training.data import list_shards, parse_example, read_records
 
-    loaded = tf.saved_model.load(str(export_dir))
-    if V.SIGNATURE_NAME not in loaded.signatures:
-        raise ValueError(f"{export_dir} has no {V.SIGNATURE_NAME!r} signature")
-    serve = loaded.signatures[V.SIGNATURE_NAME]
+    if serve is None:
+        serve = serving_signature(export_dir)
     records = read_records(list_shards(data_dir, split)).map(parse_example).batch(batch_size)
 
     def batches() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -203,7 +268,151 @@ def evaluate_saved_model(export_dir: Path, data_dir: Path, split: str, *, batch_
                     raise ValueError(f"served mask {mask.shape} differs from label {label.shape}")
                 yield image[None], label[None], mask[None]
 
-    return accumulate(batches(), max_images, num_samples, "record")
+    return accumulate(batches(), max_images, num_samples, RECORD_RESOLUTION)
+
+
+# --- Raw frames (SavedModels, at the camera's own resolution) ------------------------------
+
+def default_raw_root(data_dir: Path) -> Path | None:
+    """The raw root DATA/stats.json records as the preprocessing input, or None."""
+    path = data_dir / V.STATS_FILE
+    if not path.is_file():
+        return None
+    try:
+        stats = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    root = stats.get(STATS_INPUT_ROOT_KEY) if isinstance(stats, dict) else None
+    return Path(root) if isinstance(root, str) and root else None
+
+
+def manifest_rows(data_dir: Path, split: str) -> list[dict[str, Any]]:
+    """The manifest rows of one split, sorted by image id.
+
+    Raises:
+      FileNotFoundError: if DATA/manifest.jsonl is missing.
+      ValueError: if a line is not JSON.
+    """
+    from preprocessing.records import read_jsonl
+
+    path = data_dir / V.MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {V.MANIFEST_FILE} in {data_dir} (run cityseg-preprocess "
+                                "first); it lists the raw frames to score")
+    try:
+        rows = read_jsonl(str(path))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} holds a line that is not JSON: {err}") from None
+    rows = [row for row in rows if isinstance(row, dict) and row.get("split") == split]
+    return sorted(rows, key=lambda row: str(row.get("image_id")))
+
+
+def load_raw_frame(raw_root: Path, row: dict[str, Any]) -> RawFrame:
+    """Reads one manifest row's raw image and label, checked as the Beam job checks them.
+
+    Raises:
+      preprocessing.records.RejectedInput: with the reason the row cannot be scored
+        (`missing_file`, or one of the Beam job's reasons, e.g. `unknown_label_ids` for a
+        label id outside 0..33 such as 255).
+    """
+    from preprocessing import records
+
+    image_id = str(row.get("image_id"))
+    image_rel, label_rel = row.get("image"), row.get("label")
+    if not image_rel or not label_rel:
+        raise records.RejectedInput(records.IMAGE_WITHOUT_LABEL,
+                                    "manifest row lists no image or no label", str(image_rel))
+    for rel in (image_rel, label_rel):
+        if not (raw_root / rel).is_file():
+            raise records.RejectedInput(MISSING_FILE, "file not found", rel)
+    pair = records.Pair(str(row.get("split")), image_id, str(row.get("city")), image_rel,
+                        label_rel)
+    image, label_ids = records.load_pair(str(raw_root), pair)
+    truth = records.to_category_mask(label_ids, label_rel)
+    # load_pair returns pixels; the signature takes the file's bytes, exactly as a client
+    # sends them, so the image is read once more (from the page cache).
+    encoded, _, _ = records.read_png(str(raw_root), image_rel, DEFAULT_MAX_PIXELS)
+    return RawFrame(image_id, encoded, image, truth)
+
+
+def evaluate_saved_model_raw(export_dir: Path, data_dir: Path, split: str, raw_root: Path, *,
+                             batch_size: int, max_images: int | None = None,
+                             serve=None) -> Evaluation:
+    """Confusion matrix of an exported SavedModel over the raw frames of a split.
+
+    Each manifest row's raw image goes through the serving signature and the returned mask is
+    compared, at the raw frame's own size, with the raw label remapped to the 8 categories.
+    Rows that cannot be read are skipped and counted (`Evaluation.skipped`), never fatal:
+    one warning line names how many and why.
+
+    Args:
+      serve: as for `evaluate_saved_model`.
+
+    Raises:
+      FileNotFoundError: if DATA/manifest.jsonl is missing.
+      ValueError: if a served mask's size differs from its raw frame's.
+    """
+    import tensorflow as tf
+
+    from preprocessing.records import RejectedInput
+
+    if serve is None:
+        serve = serving_signature(export_dir)
+    rows = manifest_rows(data_dir, split)
+    skipped: Counter[str] = Counter()
+    skipped_ids: list[str] = []
+
+    def frames() -> Iterator[RawFrame]:
+        for row in rows:
+            try:
+                yield load_raw_frame(raw_root, row)
+            except RejectedInput as err:
+                skipped[err.reason] += 1
+                skipped_ids.append(str(row.get("image_id")))
+                log.debug("raw frame %s skipped: %s", row.get("image_id"), err)
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        # Frames are pulled only as far as --max-images needs, so rows past the limit are
+        # neither read nor counted as skipped.
+        pending = frames()
+        scored = 0
+        while max_images is None or scored < max_images:
+            want = batch_size if max_images is None else min(batch_size, max_images - scored)
+            chunk = [frame for _, frame in zip(range(want), pending)]
+            if not chunk:
+                return
+            masks = serve(**{V.INPUT_KEY: tf.constant([f.encoded for f in chunk])})
+            for frame, mask_png in zip(chunk, masks[V.OUTPUT_KEY].numpy()):
+                mask = tf.io.decode_png(mask_png, channels=1).numpy()[..., 0]
+                if mask.shape != frame.truth.shape:
+                    raise ValueError(f"served mask {mask.shape} of {frame.image_id} differs "
+                                     f"from its raw label {frame.truth.shape}")
+                yield frame.image[None], frame.truth[None], mask[None]
+            scored += len(chunk)
+
+    evaluation = accumulate(batches(), max_images, 0, RAW_RESOLUTION, allow_empty=True)
+    evaluation.skipped = dict(sorted(skipped.items()))
+    if skipped:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in evaluation.skipped.items())
+        shown = ", ".join(skipped_ids[:3]) + (", ..." if len(skipped_ids) > 3 else "")
+        log.warning("raw pass: skipped %d manifest rows of split %s under %s (%s), e.g. %s",
+                    sum(skipped.values()), split, raw_root, reasons, shown)
+    if evaluation.images == 0:
+        log.warning("raw pass: no raw frame of split %s could be scored under %s", split,
+                    raw_root)
+    return evaluation
+
+
+def keras_model_stride(model, source: ModelSource) -> int:
+    """The stride frames are padded to: the run's architecture's, else the model's name's."""
+    from training import models
+
+    name = None
+    if source.run_dir is not None:
+        config = json.loads((source.run_dir / RUN_CONFIG_FILE).read_text())
+        name = config.get("model")
+    name = name if name in models.MODEL_STRIDES else model.name
+    return models.MODEL_STRIDES.get(name, max(models.MODEL_STRIDES.values()))
 
 
 def static_input_size(model) -> tuple[int, int] | None:
@@ -216,13 +425,14 @@ def static_input_size(model) -> tuple[int, int] | None:
 
 
 def accumulate(batches: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]],
-               max_images: int | None, num_samples: int, resolution: str) -> Evaluation:
+               max_images: int | None, num_samples: int, resolution: str, *,
+               allow_empty: bool = False) -> Evaluation:
     """Adds (images, labels, predictions) batches into one confusion matrix, logging progress.
 
     Keeps the first `num_samples` images for the overlays and stops after `max_images`.
 
     Raises:
-      ValueError: if no batch holds an image.
+      ValueError: if no batch holds an image (unless `allow_empty`).
     """
     from training import metrics as M
 
@@ -240,12 +450,13 @@ def accumulate(batches: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]],
         images += len(label)
         now = time.monotonic()
         if now - last_log >= LOG_EVERY_S:
-            log.info("%d images (%.1f/s), running pixel accuracy %.4f", images,
-                     images / (now - started), np.trace(cm) / max(cm.sum(), 1))
+            log.info("%d images at %s resolution (%.1f/s), running pixel accuracy %.4f",
+                     images, resolution, images / (now - started),
+                     np.trace(cm) / max(cm.sum(), 1))
             last_log = now
         if max_images is not None and images >= max_images:
             break
-    if images == 0:
+    if images == 0 and not allow_empty:
         raise ValueError("the split holds no images")
     return Evaluation(cm, images, resolution, samples)
 
@@ -262,8 +473,15 @@ def model_title(source: ModelSource) -> str:
 
 
 def write_report(evaluation: Evaluation, report_dir: Path, *, source: ModelSource, split: str,
-                 data_dir: Path, seconds: float) -> dict[str, Any]:
-    """Writes metrics.json and the plots; returns the metrics dict."""
+                 data_dir: Path, seconds: float, raw: Evaluation | None = None,
+                 raw_root: Path | None = None) -> dict[str, Any]:
+    """Writes metrics.json and the plots; returns the metrics dict.
+
+    Args:
+      raw: the raw-resolution pass (`evaluate_saved_model_raw`), reported under `raw`; when
+        None, metrics.json holds no `raw` key.
+      raw_root: the raw tree that pass read.
+    """
     from training import metrics as M
 
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -278,6 +496,21 @@ def write_report(evaluation: Evaluation, report_dir: Path, *, source: ModelSourc
     if history is not None and history.is_file():
         figures.append(plots.plot_history(history, report_dir / plots.HISTORY_FILE,
                                           title=f"Training: {title}"))
+    raw_metrics = None
+    if raw is not None:
+        raw_summary = M.summarize(raw.cm)
+        if raw.images:
+            figures.append(plots.plot_iou(raw_summary, report_dir / RAW_IOU_FILE,
+                                          title=f"IoU at raw resolution: {title}"))
+        raw_metrics = {
+            "resolution": raw.resolution,
+            "raw_root": str(raw_root) if raw_root is not None else None,
+            "images": raw.images,
+            "skipped": sum(raw.skipped.values()),
+            "skipped_reasons": raw.skipped,
+            **raw_summary,
+            "confusion_matrix": raw.cm.tolist(),
+        }
     metrics = {
         "model": str(source.path),
         "model_kind": source.kind,
@@ -291,6 +524,8 @@ def write_report(evaluation: Evaluation, report_dir: Path, *, source: ModelSourc
         "seconds": round(seconds, 3),
         "plots": [p.name for p in figures if p is not None],
     }
+    if raw_metrics is not None:
+        metrics["raw"] = raw_metrics
     (report_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -302,24 +537,67 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     started = time.monotonic()
     log.info("evaluating %s (%s) on %s/%s", source.path, source.kind, config.data_dir,
              config.split)
+    raw = raw_root = None
     if source.kind == SAVED_MODEL:
+        raw_root = raw_root_for(config)
+        serve = serving_signature(source.path)
         evaluation = evaluate_saved_model(
             source.path, config.data_dir, config.split, batch_size=config.batch_size,
-            max_images=config.max_images, num_samples=config.overlays)
+            max_images=config.max_images, num_samples=config.overlays, serve=serve)
+        if raw_root is not None:
+            log.info("scoring the raw frames of %s under %s at their own resolution",
+                     config.split, raw_root)
+            raw = evaluate_saved_model_raw(
+                source.path, config.data_dir, config.split, raw_root,
+                batch_size=config.batch_size, max_images=config.max_images, serve=serve)
     else:
+        if config.raw_root is not None:
+            log.info("--raw-root ignored: raw-resolution scoring is for exported SavedModels")
         from training.models import load_model
 
         model = load_model(source.path)
         evaluation = evaluate_keras(
-            model, config.data_dir, config.split, batch_size=config.batch_size,
+            model, config.data_dir, config.split, stride=keras_model_stride(model, source),
             image_size=config.image_size or source.image_size, max_images=config.max_images,
             num_samples=config.overlays)
     metrics = write_report(evaluation, config.report_dir, source=source, split=config.split,
-                           data_dir=config.data_dir, seconds=time.monotonic() - started)
+                           data_dir=config.data_dir, seconds=time.monotonic() - started,
+                           raw=raw, raw_root=raw_root)
     log.info("%d images: pixel accuracy %s, mean IoU (7, void ignored) %s, (8) %s -> %s",
              metrics["images"], _fmt(metrics["pixel_accuracy"]), _fmt(metrics["mean_iou_7"]),
              _fmt(metrics["mean_iou_8"]), config.report_dir / METRICS_FILE)
+    if "raw" in metrics:
+        raw_metrics = metrics["raw"]
+        log.info("raw resolution, %d images (%d skipped): pixel accuracy %s, mean IoU (7) %s, "
+                 "(8) %s", raw_metrics["images"], raw_metrics["skipped"],
+                 _fmt(raw_metrics["pixel_accuracy"]), _fmt(raw_metrics["mean_iou_7"]),
+                 _fmt(raw_metrics["mean_iou_8"]))
     return metrics
+
+
+def raw_root_for(config: EvalConfig) -> Path | None:
+    """The raw tree to score a SavedModel on: --raw-root, else the one stats.json records.
+
+    Returns None (with one INFO line) when neither names a usable folder.
+
+    Raises:
+      CliError: if --raw-root is given and DATA/manifest.jsonl is missing.
+    """
+    if config.raw_root is not None:
+        if not (config.data_dir / V.MANIFEST_FILE).is_file():
+            raise CliError(f"--raw-root needs {config.data_dir / V.MANIFEST_FILE} (the list of "
+                           "raw frames), which does not exist")
+        return config.raw_root
+    recorded = default_raw_root(config.data_dir)
+    if recorded is None:
+        log.info("raw-resolution scoring skipped: no --raw-root and %s records no %r",
+                 config.data_dir / V.STATS_FILE, STATS_INPUT_ROOT_KEY)
+        return None
+    if not recorded.is_dir() or not (config.data_dir / V.MANIFEST_FILE).is_file():
+        log.info("raw-resolution scoring skipped: the recorded input root %s or %s is missing "
+                 "(pass --raw-root)", recorded, config.data_dir / V.MANIFEST_FILE)
+        return None
+    return recorded
 
 
 def _fmt(value: float | None) -> str:
@@ -334,9 +612,14 @@ examples:
   cityseg-evaluate --data-dir data --model runs/unet/best.keras --image-size 256x512 \\
       --split val --report-dir reports/unet-keras --max-images 50
   cityseg-evaluate --data-dir data --model models/unet/1 --split test --report-dir reports/served
+  # an export scored at record size and at the raw frames' own size (metrics.json "raw")
+  cityseg-evaluate --data-dir data --model models/unet --raw-root cityscapes \\
+      --split val --report-dir reports/served-raw
 
 metrics.json reports mean_iou_7 (Cityscapes: 7 categories, ground-truth void ignored) and
-mean_iou_8 (all 8 categories including void, every pixel counted).
+mean_iou_8 (all 8 categories including void, every pixel counted). For a SavedModel with a raw
+root, its "raw" object holds the same figures for the raw images against their remapped
+gtFine labelIds, with "images" scored and "skipped" manifest rows (files missing or invalid).
 """
 
 
@@ -359,6 +642,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="evaluate at most this many images")
     parser.add_argument("--overlays", type=int, default=4,
                         help="image/truth/prediction rows in overlays.png")
+    parser.add_argument("--raw-root", type=Path, default=None,
+                        help="the raw Cityscapes tree (leftImg8bit/, gtFine/) the manifest "
+                             "points into: SavedModels are also scored on its frames at their "
+                             "own resolution (default: the input root DATA/stats.json "
+                             "records, if any; else that pass is skipped)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -369,7 +657,7 @@ def _main(argv: Sequence[str] | None) -> int:
     config = EvalConfig(data_dir=args.data_dir, model=args.model, split=args.split,
                         report_dir=args.report_dir, batch_size=args.batch_size,
                         image_size=args.image_size, max_images=args.max_images,
-                        overlays=args.overlays)
+                        overlays=args.overlays, raw_root=args.raw_root)
     evaluate(config)
     return 0
 

@@ -1,7 +1,8 @@
 """Exports a trained Keras model as a TF Serving SavedModel (`MODELS/{name}/{version}/`).
 
 The graph takes encoded PNG/JPEG images of any size and returns PNG category masks of the same
-size: decoding, resizing and normalisation happen inside, through the same ops as training.
+size: decoding, shrinking to the working resolution (aspect ratio kept), padding to the
+model's stride and normalisation happen inside, through the same ops as training.
 """
 from __future__ import annotations
 
@@ -20,40 +21,56 @@ from training import ops
 from training.evaluate import METRICS_FILE
 
 
-class SegmentationServer(tf.Module):
-    """The serving graph around a Keras segmentation model that outputs logits."""
+# The export's default working resolution: frames are shrunk so that their long side is at
+# most this (a 2048x1024 Cityscapes frame is segmented at 1024x512), never enlarged. Chosen in
+# docs/benchmarks/realtime.md: the default model answers a 2048x1024 PNG within the latency
+# target at this size, and half resolution is where thin objects still survive.
+DEFAULT_MAX_LONG_SIDE = 1024
 
-    def __init__(self, model: keras.Model, input_size: tuple[int, int]):
+
+class SegmentationServer(tf.Module):
+    """The serving graph around a Keras segmentation model that outputs logits.
+
+    Each image is decoded, shrunk to its working size (aspect ratio kept, long side at most
+    `max_long_side`), padded to the model's stride, segmented, and the logits are cropped
+    back to the picture and resized to the image's own size: masks match their image pixel
+    for pixel, whatever the camera.
+    """
+
+    def __init__(self, model: keras.Model, *, stride: int, max_long_side: int | None):
         super().__init__()
         self.model = model
-        self.input_size = tf.constant(input_size, dtype=tf.int32)
+        self.stride = int(stride)
+        self.max_long_side = None if max_long_side is None else int(max_long_side)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=V.INPUT_KEY)])
     def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """Segments a batch of encoded images; returns {'masks': PNG strings [N]}."""
-        batch, sizes = tf.map_fn(
-            self._decode, images,
-            fn_output_signature=(tf.TensorSpec([None, None, 3], tf.float32),
-                                 tf.TensorSpec([2], tf.int32)))
-        batch = tf.ensure_shape(batch, [None, None, None, 3])
-        logits = tf.cast(self.model(batch, training=False), tf.float32)
-        masks = tf.map_fn(
-            self._encode, (logits, sizes), fn_output_signature=tf.TensorSpec([], tf.string))
+        # One image at a time: images of one batch may differ in size and aspect.
+        masks = tf.map_fn(self._segment, images, fn_output_signature=tf.TensorSpec([], tf.string))
         return {V.OUTPUT_KEY: masks}
 
-    def _decode(self, encoded: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _segment(self, encoded: tf.Tensor) -> tf.Tensor:
         # decode_image handles PNG and JPEG; channels=3 folds grayscale and RGBA into RGB.
         image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
         size = tf.shape(image)[:2]
-        image = ops.normalize_image(ops.resize_image(image, self.input_size))
-        return image, size
-
-    def _encode(self, args: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
-        logits, size = args
-        # Resize logits (not the argmax) so boundaries are smooth at full resolution.
-        logits = tf.image.resize(logits, size, method=tf.image.ResizeMethod.BILINEAR)
+        work = ops.working_size(size[0], size[1], self.max_long_side)
+        same = tf.reduce_all(tf.equal(work, size))
+        x = tf.cond(same, lambda: tf.cast(image, tf.float32),
+                    lambda: ops.resize_image(image, work))
+        x = ops.normalize_image(x)
+        x, _ = ops.pad_to_multiple(x, None, self.stride)
+        logits = tf.cast(self.model(x[tf.newaxis], training=False), tf.float32)[0]
+        logits = logits[:work[0], :work[1]]
         mask = tf.cast(tf.argmax(logits, axis=-1, output_type=tf.int32), tf.uint8)
-        return tf.io.encode_png(mask[..., tf.newaxis])
+        # The argmax at working resolution, then the mask enlarged with nearest neighbour:
+        # resizing 8 channels of logits to a 2048x1024 frame and taking the argmax there cost
+        # 136 ms on this CPU, this 40 ms (docs/benchmarks/realtime.md); the model's own
+        # bilinear upsampling already smoothed the boundaries at working resolution.
+        mask = tf.cond(same, lambda: mask[..., tf.newaxis],
+                       lambda: ops.resize_label(mask[..., tf.newaxis], size))
+        # zlib level 1: a category mask compresses well even at the fastest level.
+        return tf.io.encode_png(mask, compression=1)
 
 
 def next_version(model_dir: Path) -> int:
@@ -63,7 +80,8 @@ def next_version(model_dir: Path) -> int:
 
 
 def export_model(model: keras.Model, models_dir: str | os.PathLike, name: str, *,
-                 input_size: tuple[int, int], version: int | None = None,
+                 stride: int, max_long_side: int | None = DEFAULT_MAX_LONG_SIDE,
+                 version: int | None = None,
                  model_info: dict[str, Any] | None = None,
                  warmup_images: Sequence[bytes] = ()) -> Path:
     """Writes `models_dir/name/version/` as a SavedModel with the contract's signature.
@@ -75,7 +93,10 @@ def export_model(model: keras.Model, models_dir: str | os.PathLike, name: str, *
       model: Keras model mapping float32 [B, H, W, 3] in [0, 1] to logits [B, H, W, 8].
       models_dir: the serving root holding one folder per model name.
       name: model name, as clients address it.
-      input_size: (height, width) the graph resizes images to before the model.
+      stride: the model's stride (`models.model_stride`): frames are padded to it.
+      max_long_side: the working resolution: frames whose long side is longer are shrunk to
+        it (aspect ratio kept) before the model, and the masks resized back; None: every
+        frame at its own size.
       version: positive integer; defaults to one more than the newest present.
       model_info: extra facts for `assets/model_info.json` (architecture, metrics, ...).
       warmup_images: encoded images written as TF Serving warmup requests.
@@ -99,7 +120,7 @@ def export_model(model: keras.Model, models_dir: str | os.PathLike, name: str, *
 
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir))
     try:
-        server = SegmentationServer(model, input_size)
+        server = SegmentationServer(model, stride=stride, max_long_side=max_long_side)
         tf.saved_model.save(server, str(staging),
                             signatures={V.SIGNATURE_NAME: server.serve.get_concrete_function()})
         info = {
@@ -107,7 +128,10 @@ def export_model(model: keras.Model, models_dir: str | os.PathLike, name: str, *
             "version": version,
             "categories": list(V.CATEGORIES),
             "palette": [list(c) for c in V.PALETTE],
-            "input_size": list(input_size),
+            # How frames are processed: shrunk to a long side of at most max_long_side
+            # (aspect kept, never enlarged), padded to a multiple of stride.
+            "working_resolution": {"max_long_side": max_long_side, "stride": stride,
+                                   "aspect_ratio": "kept"},
             "signature": {"name": V.SIGNATURE_NAME, "input": V.INPUT_KEY, "output": V.OUTPUT_KEY},
             **(model_info or {}),
         }
@@ -186,14 +210,17 @@ def load_run_model(run_dir: str | os.PathLike, config: dict[str, Any]) -> tuple[
         last)
     model = models.build_model(config["model"], num_classes=V.NUM_CATEGORIES,
                                width=config.get("width"))
-    # The checkpoint also holds optimizer state, which an uncompiled model skips.
-    model.load_weights(last, skip_mismatch=False)
+    # The checkpoint is the training model's: with auxiliary heads when the run had them
+    # (their layers are loaded and left out of the export), and optimizer state, which an
+    # uncompiled model skips.
+    trained = models.with_aux_heads(model, config["model"], None) if config.get(
+        "aux_heads") else None
+    (trained or model).load_weights(last, skip_mismatch=False)
     return model, f"{train.CHECKPOINT_DIR}/{WEIGHTS_FILE}"
 
 
-def warmup_images_from_data(data_dir: str | os.PathLike, size: tuple[int, int],
-                            count: int = 3) -> list[bytes]:
-    """A few PNG images from DATA's val (else train) records, resized to `size`.
+def warmup_images_from_data(data_dir: str | os.PathLike, count: int = 3) -> list[bytes]:
+    """A few PNG images from DATA's val (else train) records, as stored.
 
     TF Serving replays them when it loads the model, so the first real request does not pay
     for graph warm-up. Returns [] when the data is not there (exporting on another machine).
@@ -207,9 +234,7 @@ def warmup_images_from_data(data_dir: str | os.PathLike, size: tuple[int, int],
             continue
         images = []
         for serialized in tf.data.TFRecordDataset(shards).take(count):
-            image, _ = data.decode_example(data.parse_example(serialized))
-            small = tf.cast(tf.round(ops.resize_image(image, size)), tf.uint8)
-            images.append(tf.io.encode_png(small).numpy())
+            images.append(data.parse_example(serialized)[V.FEATURE_IMAGE].numpy())
         if images:
             return images
     return []
@@ -235,6 +260,7 @@ def gather_model_info(run_dir: Path, config: dict[str, Any], model: keras.Model,
             "data_dir": config.get("data_dir"),
             "stats": config.get("stats"),
             "image_size": config.get("image_size"),
+            "crop_size": config.get("crop_size"),
             "loss": config.get("loss"),
             "epochs_done": summary.get("epochs_done"),
             "training_seconds": summary.get("training_seconds"),
@@ -265,10 +291,29 @@ def _export_parser():
                         "RUN/metrics.json when present)")
     p.add_argument("--data-dir", default=None,
                    help="DATA for warm-up images (default: the run's training data)")
+    p.add_argument("--max-long-side", type=_long_side, default=DEFAULT_MAX_LONG_SIDE,
+                   metavar="PIXELS",
+                   help="working resolution: frames with a longer long side are shrunk to it "
+                        "(aspect ratio kept, masks resized back to the frame); 'none': every "
+                        "frame at its own size")
     p.add_argument("--warmup-images", type=int, default=3,
                    help="number of warm-up requests written (0: none)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def _long_side(text: str) -> int | None:
+    import argparse
+
+    if text.lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'none', not {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    return value
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -294,19 +339,20 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.version is not None and target.exists():
         raise CliError(f"{target} already exists; pick another --version")
     config = json.loads(config_path.read_text())
-    input_size = tuple(int(s) for s in config["image_size"])
+    from training.models import model_stride
 
     model, source = load_run_model(run, config)
     info = gather_model_info(run, config, model, source, args.metrics)
     data_dir = args.data_dir or config.get("data_dir")
-    warmup = (warmup_images_from_data(data_dir, input_size, args.warmup_images)
+    warmup = (warmup_images_from_data(data_dir, args.warmup_images)
               if data_dir and args.warmup_images else [])
     if args.warmup_images and not warmup:
         log.warning("no warm-up images: no val/train records under %s", data_dir)
-    path = export_model(model, args.models_dir, args.name, input_size=input_size,
-                        version=args.version, model_info=info, warmup_images=warmup)
-    log.info("exported %s (%s, input %dx%d, %d warm-up requests)", path, source, *input_size,
-             len(warmup))
+    path = export_model(model, args.models_dir, args.name, stride=model_stride(config["model"]),
+                        max_long_side=args.max_long_side, version=args.version,
+                        model_info=info, warmup_images=warmup)
+    log.info("exported %s (%s, long side at most %s, %d warm-up requests)", path, source,
+             args.max_long_side or "the frame's", len(warmup))
     print(path)
     return 0
 

@@ -1,4 +1,4 @@
-"""Segmentation losses on logits: cross-entropy (optionally class-weighted), soft Dice, focal.
+"""Segmentation losses on logits: cross-entropy (optionally class-weighted), OHEM, soft Dice, focal.
 
 Every loss takes logits `[B, H, W, C]` (the models never apply softmax) and integer category ids
 `[B, H, W]`, and returns one value per image, so Keras' default `sum_over_batch_size` reduction
@@ -108,6 +108,36 @@ def focal(y_true: tf.Tensor, y_pred: tf.Tensor, *, gamma: float = 2.0,
     return _per_image_sum(weights * loss) / tf.maximum(_per_image_sum(valid), _EPSILON)
 
 
+def ohem_cross_entropy(y_true: tf.Tensor, y_pred: tf.Tensor, *,
+                       class_weights: Sequence[float] | None = None,
+                       ignore_class: int | None = None, threshold: float = 0.7,
+                       min_kept_fraction: float = 0.1) -> tf.Tensor:
+    """Per-image online hard example mining cross-entropy (Shrivastava et al. 2016; the
+    pixel variant of PSPNet/BiSeNet/Fast-SCNN code bases).
+
+    Only the hard pixels count: those whose true category gets probability below
+    `threshold`, and at least the `min_kept_fraction` of valid pixels with the largest loss
+    (so a well-learned image still trains). Road and sky, learned early, stop drowning the
+    gradient of poles, signs and people without fixing per-category weights in advance.
+
+    Returns:
+      float32 [B]: the mean cross-entropy over each image's kept pixels.
+    """
+    ce, weights = _pixel_cross_entropy(y_true, y_pred, class_weights, ignore_class)
+    valid = weights > 0
+    batch = tf.shape(ce)[0]
+    flat = tf.reshape(tf.where(valid, ce, -1.0), [batch, -1])
+    valid_count = tf.reduce_sum(tf.cast(valid, tf.int32), axis=[1, 2])
+    k = tf.maximum(1, tf.cast(tf.cast(tf.reduce_max(valid_count), tf.float32)
+                              * min_kept_fraction, tf.int32))
+    k = tf.minimum(k, tf.shape(flat)[1])
+    kth = tf.math.top_k(flat, k=k, sorted=True).values[:, -1]
+    hard = ce > -tf.math.log(threshold)
+    keep = tf.logical_and(valid, tf.logical_or(hard, ce >= kth[:, tf.newaxis, tf.newaxis]))
+    kept = tf.cast(keep, tf.float32) * weights
+    return _per_image_sum(kept * ce) / tf.maximum(_per_image_sum(kept), _EPSILON)
+
+
 @keras.saving.register_keras_serializable(package="cityseg")
 class SegmentationLoss(keras.losses.Loss):
     """A Keras loss wrapping one of this module's functions by name (serialisable in .keras)."""
@@ -155,8 +185,14 @@ def _ce_dice(y_true, y_pred, *, class_weights=None, ignore_class=None):
             + dice(y_true, y_pred, ignore_class=ignore_class))
 
 
+def _ohem(y_true, y_pred, *, class_weights=None, ignore_class=None):
+    # Hard pixels choose themselves; class weights stay weighted_ce's business.
+    return ohem_cross_entropy(y_true, y_pred, ignore_class=ignore_class)
+
+
 LOSSES: dict[str, Callable[..., tf.Tensor]] = {
     "ce": _ce,
+    "ohem": _ohem,
     "weighted_ce": _weighted_ce,
     "dice": _dice,
     "focal": _focal,
@@ -166,7 +202,7 @@ LOSSES: dict[str, Callable[..., tf.Tensor]] = {
 
 def make_loss(name: str, class_weights: Sequence[float] | None = None, *,
               ignore_class: int | None = None) -> SegmentationLoss:
-    """Builds a loss by name: `ce`, `weighted_ce`, `dice`, `focal` or `ce+dice`.
+    """Builds a loss by name: `ce`, `ohem`, `weighted_ce`, `dice`, `focal` or `ce+dice`.
 
     Args:
       name: one of `LOSSES`.

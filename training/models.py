@@ -27,6 +27,7 @@ import tensorflow as tf
 from keras import layers
 
 from cityseg import vocabulary as V
+from training import ops
 
 # Moving statistics follow the batches faster than Keras' default 0.99 (PyTorch's default,
 # 0.1 there, is this 0.9): short CPU runs take a few hundred steps, and with 0.99 the
@@ -120,9 +121,16 @@ def pyramid_pooling(x, filters: int, *, bins=PYRAMID_BINS, name: str):
 
 
 def separable_conv_bn_relu(x, filters: int, *, strides: int = 1, name: str):
-    """Depthwise-separable conv (Fast-SCNN's DSConv): dw 3x3 -> BN -> pw 1x1 -> BN -> ReLU."""
-    x = layers.SeparableConv2D(filters, 3, strides=strides, padding="same", use_bias=False,
-                               name=f"{name}_sepconv")(x)
+    """Fast-SCNN's DSConv: dw 3x3 -> BN -> ReLU -> pw 1x1 -> BN -> ReLU.
+
+    As the paper's reference implementation builds it: batch norm and ReLU after BOTH the
+    depthwise and the pointwise convolution (Keras' SeparableConv2D has neither in between).
+    """
+    x = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False,
+                               name=f"{name}_dw")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(x)
+    x = layers.ReLU(name=f"{name}_dw_relu")(x)
+    x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
@@ -402,11 +410,82 @@ MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
 }
 # Input H and W must be multiples of this (the deepest downsampling of each model).
 MODEL_STRIDES: dict[str, int] = {"unet": 16, "pspnet": 8, "fcn8": 32, "fastscnn": 32}
-# The winner of the model comparison on mean IoU under one training budget
-# (docs/benchmarks/model_comparison.md: pspnet 0.535, unet 0.494, fastscnn 0.479). The
-# real-time fastscnn was to become the default only if it won; it is 5.8x faster per frame on
-# CPU, the model to pick where latency matters more than the last 0.06 of mean IoU.
-DEFAULT_MODEL = "pspnet"
+# The real-time model is the default: it answers a 2048x1024 frame several times faster than
+# the seed's models on this CPU and, for the same training minutes, sees several times more
+# images (docs/benchmarks/model_comparison.md holds the real-photo comparison).
+DEFAULT_MODEL = "fastscnn"
+
+
+# Auxiliary heads the papers train with (weight 0.4 each), by the layer whose output they read:
+# Fast-SCNN (Poudel et al. 2019, sec. 4.1) at the end of learning-to-downsample and of the
+# global feature extractor; PSPNet (Zhao et al. 2017, sec. 3.3) part-way through the dilated
+# backbone (their res4b22). Training only: the exported and evaluated model is the main head.
+AUX_HEAD_INPUTS: dict[str, tuple[str, ...]] = {
+    "fastscnn": ("ltd_ds2_relu", "gfe_ppm_project_relu"),
+    "pspnet": ("dilated1_add",),
+}
+AUX_LOSS_WEIGHT = 0.4
+
+
+def aux_head(x, num_classes: int, filters: int, *, name: str):
+    """conv 3x3 -> BN -> ReLU -> dropout 0.1 -> 1x1 to class scores, at x's resolution."""
+    x = conv_bn_relu(x, filters, name=f"{name}_conv")
+    x = layers.Dropout(0.1, name=f"{name}_dropout")(x)
+    x = layers.Conv2D(num_classes, 1, name=f"{name}_classifier")(x)
+    return layers.Activation("linear", dtype="float32", name=f"{name}_logits")(x)
+
+
+@keras.saving.register_keras_serializable(package=_SERIALIZABLE_PACKAGE)
+class AuxiliaryLoss(layers.Layer):
+    """Adds `weight * loss(labels, aux_logits)` to the model's losses; passes `main` through.
+
+    call([main, aux_logits, labels]). The labels are brought to the auxiliary head's own
+    resolution (nearest neighbour) instead of the logits to the frame's: the papers' weight
+    and head, at a fraction of the cost (upsampling two extra heads to full resolution and
+    back-propagating through the resize doubled a Fast-SCNN training step on this CPU).
+    """
+
+    def __init__(self, loss=None, weight: float = AUX_LOSS_WEIGHT, **kwargs):
+        super().__init__(**kwargs)
+        self.loss_fn = loss
+        self.weight = float(weight)
+
+    def call(self, inputs):
+        main, aux_logits, labels = inputs
+        if self.loss_fn is not None:
+            labels = tf.cast(labels, tf.int32)
+            small = ops.resize_label(labels, tf.shape(aux_logits)[1:3])
+            self.add_loss(self.weight * self.loss_fn(small, aux_logits))
+        return main
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "weight": self.weight}
+
+
+def with_aux_heads(model: keras.Model, name: str, loss) -> keras.Model:
+    """The training model: inputs [images, labels], output `model`'s logits, aux losses added.
+
+    Each auxiliary head (AUX_HEAD_INPUTS) reads a layer of `model` and adds
+    `AUX_LOSS_WEIGHT * loss` against the labels to the training loss (`AuxiliaryLoss`); the
+    layers are shared with `model`, which stays the inference model (main head only). The
+    data must then be ((images, labels), labels). Returns None for models without
+    auxiliary heads (unet, fcn8).
+    """
+    inputs = AUX_HEAD_INPUTS.get(_check_name(name), ())
+    if not inputs:
+        return None
+    num_classes = model.output.shape[-1]
+    labels = keras.Input((None, None), dtype="int32", name="labels")
+    out = model.output
+    for i, layer_name in enumerate(inputs):
+        features = model.get_layer(layer_name).output
+        logits = aux_head(features, num_classes, max(32, features.shape[-1] // 4),
+                          name=f"aux{i + 1}")
+        out = AuxiliaryLoss(loss, name=f"aux{i + 1}_loss")([out, logits, labels])
+    return keras.Model([model.input, labels], out, name=f"{model.name}_train")
 
 
 def _check_name(name: str) -> str:

@@ -48,10 +48,18 @@ TENSORBOARD_DIR = "tensorboard"
 SUMMARY_FILE = "summary.json"
 MONITOR = "val_mean_iou"
 
-LR_SCHEDULES = ("constant", "cosine", "poly")
-LOSS_NAMES = ("ce", "weighted_ce", "dice", "focal", "ce+dice")  # = training.losses.LOSSES
+LR_SCHEDULES = ("constant", "cosine", "poly")  # = training.schedules.SCHEDULES
+LOSS_NAMES = ("ohem", "ce", "weighted_ce", "dice", "focal", "ce+dice")  # = training.losses.LOSSES
 # Fields that fix the network; a resumed run must keep them.
-ARCHITECTURE_FIELDS = ("model", "width", "image_size")
+ARCHITECTURE_FIELDS = ("model", "width", "aux_heads")
+# Epochs when neither --epochs nor --time-limit bounds the run; with a time limit the time
+# binds (the learning-rate schedule follows it) and epochs only cap it.
+DEFAULT_EPOCHS = 50
+EPOCHS_UNDER_TIME_LIMIT = 100_000
+# The largest default crop. On a 2-core CPU the time budget, not the data, bounds what a run
+# learns: a 256x352 crop costs half a 352x480 one per step (docs/benchmarks/recipe.md), so
+# twice the steps in the same minutes; larger frames are cropped to this.
+MAX_DEFAULT_CROP = (256, 352)
 
 
 @dataclass
@@ -66,19 +74,25 @@ class TrainConfig:
     output_dir: str = ""
     model: str | None = None
     width: int | None = None
-    image_size: tuple[int, int] | None = None
+    image_size: tuple[int, int] | None = None   # resize every frame first (None: stored size)
+    crop_size: tuple[int, int] | None = None    # training crops (None: the frames' size, capped)
+    scale_range: tuple[float, float] = (0.5, 2.0)  # random scale before the crop
+    rotation_degrees: float = 0.0
     batch_size: int = 8              # per worker; the global batch is this times the workers
-    epochs: int = 20
+    epochs: int | None = None        # None: DEFAULT_EPOCHS, or unbounded under --time-limit
     steps_per_epoch: int | None = None    # default: one pass over the train split
     validation_steps: int | None = None   # default: the whole val split
     learning_rate: float = 1e-3
-    lr_schedule: str = "cosine"
-    loss: str = "ce"
+    lr_schedule: str = "poly"
+    warmup: float = 0.05             # fraction of the budget (steps or time) spent warming up
+    weight_decay: float = 1e-2       # AdamW's decoupled decay; not on biases and batch norm
+    loss: str = "ohem"
+    aux_heads: bool = True           # the papers' auxiliary losses (fastscnn, pspnet)
     ignore_void: bool = True         # void is not scored by the benchmark, so not trained
     augment: bool = True
     cache: bool = True               # keep decoded, resized examples in memory after epoch 1
     mixed_precision: bool = False
-    jit_compile: bool = True         # XLA; off under multi-worker (collectives)
+    jit_compile: bool | None = None  # XLA; None: on a GPU only (on CPU it is the slow path)
     time_limit_minutes: float | None = None
     seed: int | None = 0
     resume: bool = False
@@ -97,8 +111,18 @@ def validate_config(cfg: TrainConfig) -> None:
     if not cfg.output_dir:
         raise CliError("--output-dir is required")
     for name in ("batch_size", "epochs"):
-        if getattr(cfg, name) <= 0:
-            raise CliError(f"--{name.replace('_', '-')} must be positive, not {getattr(cfg, name)}")
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise CliError(f"--{name.replace('_', '-')} must be positive, not {value}")
+    low, high = cfg.scale_range
+    if not 0 < low <= high or not math.isfinite(high):
+        raise CliError(f"--scale-range must be 0 < MIN <= MAX, not {low},{high}")
+    if not 0 <= cfg.rotation_degrees <= 180:
+        raise CliError(f"--rotation must be in [0, 180] degrees, not {cfg.rotation_degrees}")
+    if not 0 <= cfg.warmup < 1:
+        raise CliError(f"--warmup must be a fraction in [0, 1), not {cfg.warmup}")
+    if not 0 <= cfg.weight_decay < 1:
+        raise CliError(f"--weight-decay must be in [0, 1), not {cfg.weight_decay}")
     for name in ("steps_per_epoch", "validation_steps", "width"):
         value = getattr(cfg, name)
         if value is not None and value <= 0:
@@ -124,8 +148,10 @@ def validate_config(cfg: TrainConfig) -> None:
             raise CliError(f"no TFRecord shards for split {split!r} in {folder}")
     if cfg.weights is not None and not Path(cfg.weights).is_file():
         raise CliError(f"weights file {cfg.weights} does not exist")
-    if cfg.image_size is not None and (len(cfg.image_size) != 2 or min(cfg.image_size) <= 0):
-        raise CliError(f"--image-size must be positive HxW, not {cfg.image_size}")
+    for name in ("image_size", "crop_size"):
+        size = getattr(cfg, name)
+        if size is not None and (len(size) != 2 or min(size) <= 0):
+            raise CliError(f"--{name.replace('_', '-')} must be positive HxW, not {size}")
 
     run = Path(cfg.output_dir)
     has_run = (run / CHECKPOINT_DIR).is_dir() or (run / BEST_MODEL_FILE).exists()
@@ -137,22 +163,42 @@ def validate_config(cfg: TrainConfig) -> None:
 
 
 def validate_model(cfg: TrainConfig) -> None:
-    """Checks the model name and that the image size fits its stride (imports Keras)."""
+    """Checks the model name and that the crop size fits its stride (imports Keras).
+
+    Frames themselves may have any size: validation pads them to the stride. Only the
+    training crop, which is batched, must be a multiple of it.
+    """
     from training import models
 
-    if cfg.model not in models.MODEL_BUILDERS:
-        raise CliError(f"unknown model {cfg.model!r} "
-                       f"(choose from {', '.join(models.MODEL_BUILDERS)})")
+    _check_model_name(cfg.model)
     stride = models.model_stride(cfg.model)
-    height, width = cfg.image_size
+    height, width = cfg.crop_size
     if height % stride or width % stride:
-        raise CliError(f"image size {height}x{width} is not divisible by {stride}, the stride "
+        raise CliError(f"crop size {height}x{width} is not divisible by {stride}, the stride "
                        f"of model {cfg.model!r}; pick e.g. "
                        f"{_round_to(height, stride)}x{_round_to(width, stride)}")
 
 
+def _check_model_name(name: str | None) -> None:
+    from training import models
+
+    if name not in models.MODEL_BUILDERS:
+        raise CliError(f"unknown model {name!r} (choose from {', '.join(models.MODEL_BUILDERS)})")
+
+
 def _round_to(value: int, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def default_crop_size(frame_size: tuple[int, int], stride: int,
+                      cap: tuple[int, int] = MAX_DEFAULT_CROP) -> tuple[int, int]:
+    """The training crop when none is given: the frame, capped, rounded DOWN to the stride.
+
+    Rounded down so that at scale 1 the crop holds picture everywhere (a 360x480 CamVid frame
+    or a 512x1024 record gives 256x352 for a stride of 32; a 200x300 frame 192x288).
+    """
+    return tuple(max(stride, min(size, limit) // stride * stride)
+                 for size, limit in zip(frame_size, cap))
 
 
 def class_weights_from_stats(stats: dict[str, Any], split: str = "train") -> list[float] | None:
@@ -264,9 +310,16 @@ def train(cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> dict[str,
     if cfg.model is None:
         from training.models import DEFAULT_MODEL
         cfg.model = DEFAULT_MODEL
-    if cfg.image_size is None:
-        cfg.image_size = _stored_size(cfg.data_dir, cfg.train_split)
-    cfg.image_size = tuple(cfg.image_size)
+    if cfg.image_size is not None:
+        cfg.image_size = tuple(cfg.image_size)
+    if cfg.crop_size is None:
+        from training.models import model_stride
+        _check_model_name(cfg.model)
+        frame = cfg.image_size or _stored_size(cfg.data_dir, cfg.train_split)
+        cfg.crop_size = default_crop_size(frame, model_stride(cfg.model))
+    cfg.crop_size = tuple(cfg.crop_size)
+    if cfg.epochs is None:
+        cfg.epochs = EPOCHS_UNDER_TIME_LIMIT if cfg.time_limit_minutes else DEFAULT_EPOCHS
     validate_model(cfg)
 
     if cfg.resume:
@@ -290,6 +343,7 @@ def _fit(cfg: TrainConfig, cluster: Cluster, strategy, stats: dict[str, Any], ou
 
     from training import callbacks as cb
     from training import data, losses, metrics, models
+    from training.schedules import BudgetSchedule
 
     start = time.monotonic()
     global_batch = cfg.batch_size * cluster.num_workers
@@ -303,7 +357,9 @@ def _fit(cfg: TrainConfig, cluster: Cluster, strategy, stats: dict[str, Any], ou
     val_steps = cfg.validation_steps or max(1, math.ceil(val_images / global_batch))
 
     out.mkdir(parents=True, exist_ok=True)
-    resolved = {**dataclasses.asdict(cfg), "image_size": list(cfg.image_size),
+    resolved = {**dataclasses.asdict(cfg),
+                "image_size": list(cfg.image_size) if cfg.image_size else None,
+                "crop_size": list(cfg.crop_size), "scale_range": list(cfg.scale_range),
                 "data_dir": str(Path(cfg.data_dir).resolve()),
                 "global_batch_size": global_batch, "num_workers": cluster.num_workers,
                 "steps_per_epoch": steps, "validation_steps": val_steps,
@@ -317,32 +373,48 @@ def _fit(cfg: TrainConfig, cluster: Cluster, strategy, stats: dict[str, Any], ou
         keras.utils.set_random_seed(cfg.seed)
     previous_policy = keras.mixed_precision.global_policy()
     gpu = bool(tf.config.list_logical_devices("GPU"))
-    # XLA's collectives do not mix with the multi-worker strategy's, and XLA on CPU rejects
-    # the mixed bfloat16/float32 gradients of dropout.
-    jit_compile = cfg.jit_compile and not multi and not (cfg.mixed_precision and not gpu)
+    # XLA is the slow path on CPU (one fastscnn step 7.9x, unet 1.4x slower: measured in
+    # docs/benchmarks/train_step.json), so by default it is for GPUs. Its collectives do not
+    # mix with the multi-worker strategy's, and XLA on CPU rejects the mixed bfloat16/float32
+    # gradients of dropout.
+    jit_compile = gpu if cfg.jit_compile is None else cfg.jit_compile
+    jit_compile = jit_compile and not multi and not (cfg.mixed_precision and not gpu)
     if cfg.mixed_precision:
         # float16 needs a GPU to pay off; bfloat16 is the CPU/TPU mixed type.
         keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
     try:
+        from training.augment import AugmentConfig
+        stride = models.model_stride(cfg.model)
         train_ds = data.make_dataset(
             cfg.data_dir, cfg.train_split, batch_size=global_batch, image_size=cfg.image_size,
             augment=cfg.augment, shuffle=True, seed=cfg.seed, repeat=True, drop_remainder=True,
-            cache=cfg.cache)
+            cache=cfg.cache, crop_size=cfg.crop_size,
+            augment_config=AugmentConfig(scale_range=tuple(cfg.scale_range),
+                                         max_rotation_degrees=cfg.rotation_degrees))
+        # Whole frames, padded to the stride (never squashed): what the exported model sees.
         val_ds = data.make_dataset(
             cfg.data_dir, cfg.val_split, batch_size=global_batch, image_size=cfg.image_size,
-            repeat=multi or cfg.validation_steps is not None, cache=cfg.cache)
+            repeat=multi or cfg.validation_steps is not None, cache=cfg.cache,
+            pad_to_multiple=stride)
 
         with strategy.scope():
-            model = models.build_model(cfg.model, num_classes=V.NUM_CATEGORIES,
-                                       input_shape=(None, None, 3), width=cfg.width,
-                                       weights=cfg.weights)
-            optimizer = keras.optimizers.Adam(_learning_rate(cfg, steps))
-            model.compile(
-                optimizer=optimizer,
-                loss=losses.make_loss(cfg.loss, cfg.class_weights,
-                                      ignore_class=V.VOID if cfg.ignore_void else None),
-                metrics=[metrics.MeanIoU(name="mean_iou")],
-                jit_compile=jit_compile)
+            inference_model = models.build_model(cfg.model, num_classes=V.NUM_CATEGORIES,
+                                                 input_shape=(None, None, 3), width=cfg.width,
+                                                 weights=cfg.weights)
+            loss = losses.make_loss(cfg.loss, cfg.class_weights,
+                                    ignore_class=V.VOID if cfg.ignore_void else None)
+            model = inference_model
+            if cfg.aux_heads:
+                model = models.with_aux_heads(inference_model, cfg.model, loss) or model
+            if model is not inference_model:
+                # The training model also reads the labels (for its auxiliary losses).
+                train_ds = train_ds.map(_labels_as_input)
+                val_ds = val_ds.map(_labels_as_input)
+            optimizer = keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay)
+            # Decay shrinks kernels; biases and batch-norm scales/offsets are left alone.
+            optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+            model.compile(optimizer=optimizer, loss=loss,
+                          metrics=[metrics.MeanIoU(name="mean_iou")], jit_compile=jit_compile)
             if multi:
                 _patch_keras_for_multi_worker(model)
             initial_epoch = 0
@@ -353,17 +425,23 @@ def _fit(cfg: TrainConfig, cluster: Cluster, strategy, stats: dict[str, Any], ou
                 log.info("resuming %s after epoch %d (optimizer step %d)", cfg.output_dir,
                          initial_epoch, int(optimizer.iterations))
 
-        time_limit = (cb.TimeLimit(cfg.time_limit_minutes * 60, start=start)
-                      if cfg.time_limit_minutes else None)
+        budget = cfg.time_limit_minutes * 60 if cfg.time_limit_minutes else None
+        time_limit = cb.TimeLimit(budget, start=start) if budget else None
+        schedule = BudgetSchedule(cfg.learning_rate, cfg.lr_schedule,
+                                  total_steps=cfg.epochs * steps, budget_seconds=budget,
+                                  start=start, warmup=cfg.warmup)
+        throughput = cb.Throughput(global_batch)
         checkpoint = cb.ResumableCheckpoint(out / CHECKPOINT_DIR, monitor=MONITOR,
                                             state=saved_state)
         best = (saved_state or {}).get("best")
         progress_bar = sys.stderr.isatty() and cluster.is_chief
         callbacks = [
             *([time_limit] if time_limit else []),
-            keras.callbacks.ModelCheckpoint(
-                str(out / BEST_MODEL_FILE), monitor=MONITOR, mode="max", save_best_only=True,
-                initial_value_threshold=best),
+            schedule,
+            throughput,
+            # best.keras is the inference model (main head only): what evaluate and export use.
+            cb.BestModelCheckpoint(inference_model, out / BEST_MODEL_FILE, monitor=MONITOR,
+                                   initial_value_threshold=best),
             checkpoint,
             cb.HistoryCSV(out / HISTORY_FILE),
             cb.EpochTensorBoard(out / TENSORBOARD_DIR),
@@ -374,10 +452,11 @@ def _fit(cfg: TrainConfig, cluster: Cluster, strategy, stats: dict[str, Any], ou
             log.info("%s already trained %d of %d epochs; nothing to do", cfg.output_dir,
                      initial_epoch, cfg.epochs)
         else:
-            log.info("training %s (%s params) on %d+%d images at %dx%d, global batch %d, "
-                     "%d steps/epoch, %d worker(s)", cfg.model, f"{model.count_params():,}",
-                     train_images, val_images, *cfg.image_size, global_batch, steps,
-                     cluster.num_workers)
+            log.info("training %s (%s params) on %d+%d images, crops %dx%d, global batch %d, "
+                     "%d steps/epoch, %d worker(s)%s", cfg.model,
+                     f"{inference_model.count_params():,}", train_images, val_images,
+                     *cfg.crop_size, global_batch, steps, cluster.num_workers,
+                     f", time limit {cfg.time_limit_minutes:g} min" if budget else "")
             model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
                       initial_epoch=initial_epoch, steps_per_epoch=steps,
                       validation_steps=val_steps, callbacks=callbacks, shuffle=False,
@@ -387,7 +466,7 @@ def _fit(cfg: TrainConfig, cluster: Cluster, strategy, stats: dict[str, Any], ou
         summary = {
             **summary_base,
             "model": cfg.model,
-            "image_size": list(cfg.image_size),
+            "image_size": list(cfg.image_size) if cfg.image_size else None,
             "epochs_done": state.get("epochs_done", 0),
             "training_seconds": state.get("train_seconds", 0.0),
             "this_run_seconds": round(time.monotonic() - start, 3),
@@ -395,7 +474,9 @@ def _fit(cfg: TrainConfig, cluster: Cluster, strategy, stats: dict[str, Any], ou
             "best_val_mean_iou": state.get("best"),
             "best_val_loss": best_logs.get("val_loss"),
             "stopped_by": "time_limit" if time_limit and time_limit.stopped else "epochs",
-            "params": int(model.count_params()),
+            "params": int(inference_model.count_params()),
+            "crop_size": list(cfg.crop_size),
+            "train_images_per_second": throughput.images_per_second(),
             "num_workers": cluster.num_workers,
         }
         cb.write_json_atomic(out / SUMMARY_FILE, summary)
@@ -453,17 +534,8 @@ def _patch_keras_for_multi_worker(model) -> None:
     model._maybe_symbolic_build = maybe_symbolic_build  # pylint: disable=protected-access
 
 
-def _learning_rate(cfg: TrainConfig, steps_per_epoch: int):
-    import keras
-
-    total = max(1, cfg.epochs * steps_per_epoch)
-    if cfg.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total, alpha=0.01)
-    if cfg.lr_schedule == "poly":
-        # PSPNet/DeepLab's "poly" policy: lr * (1 - step/total)^0.9.
-        return keras.optimizers.schedules.PolynomialDecay(
-            cfg.learning_rate, total, end_learning_rate=cfg.learning_rate * 0.01, power=0.9)
-    return cfg.learning_rate
+def _labels_as_input(images, labels):
+    return (images, labels), labels
 
 
 def _split_size(stats: dict[str, Any], data_dir: str, split: str) -> int:
@@ -502,8 +574,9 @@ def _merge_saved_config(cfg: TrainConfig, run: Path, explicit: frozenset[str]) -
                 raise CliError(f"--resume cannot change {name} ({merged[name]} -> {given})")
         merged[name] = getattr(cfg, name)
     merged["resume"] = True
-    if merged.get("image_size") is not None:
-        merged["image_size"] = tuple(merged["image_size"])
+    for name in ("image_size", "crop_size", "scale_range"):
+        if merged.get(name) is not None:
+            merged[name] = tuple(merged[name])
     return TrainConfig(**merged)
 
 
@@ -515,9 +588,17 @@ def _fmt(value: float | None) -> str:
 
 EPILOG = """\
 examples:
-  # the real-time model for at most 30 minutes, cosine learning rate
-  cityseg-train --data-dir data --model fastscnn --output-dir runs/fastscnn \\
-      --image-size 256x512 --batch-size 8 --epochs 50 --time-limit 30
+  # the default recipe (fastscnn, random scale + crop, OHEM, aux heads) for 20 minutes;
+  # frames of any size, the learning rate decays with the time spent
+  cityseg-train --data-dir data --output-dir runs/fastscnn --time-limit 20
+
+  # PSPNet on 512x512 crops at scales 0.75..1.5, cosine schedule
+  cityseg-train --data-dir data --model pspnet --crop-size 512x512 --scale-range 0.75,1.5 \
+      --lr-schedule cosine --output-dir runs/psp --time-limit 30
+
+  # the seed's recipe: every frame squashed to 128x128, no augmentation
+  cityseg-train --data-dir data --model unet --width 64 --image-size 128x128 --no-augment \
+      --loss ce --output-dir runs/seed
 
   # U-Net with class-weighted cross-entropy (weights from DATA/stats.json)
   cityseg-train --data-dir data --model unet --width 32 --loss weighted_ce --output-dir runs/unet
@@ -552,15 +633,27 @@ def _parser(with_defaults: bool) -> argparse.ArgumentParser:
     p.add_argument("--output-dir", dest="output_dir", default=default(None),
                    help="the RUN folder (see the layout below)")
     p.add_argument("--model", default=default(None),
-                   help="unet, pspnet, fcn8 or fastscnn (default: pspnet, the comparison's winner)")
+                   help="fastscnn, pspnet, unet or fcn8 (default: fastscnn, the real-time model "
+                        "that won the real-photo comparison)")
     p.add_argument("--width", type=int, default=default(None),
                    help="filters of the first conv (default: the model's own)")
     p.add_argument("--image-size", dest="image_size", type=parse_size, default=default(None),
-                   help="HxW training size, divisible by the model's stride "
-                        "(default: the records' size)")
+                   help="resize every frame to HxW first, squashing its aspect ratio (the "
+                        "seed's recipe; default: keep the records' size)")
+    p.add_argument("--crop-size", dest="crop_size", type=parse_size, default=default(None),
+                   help="HxW training crops, divisible by the model's stride (default: the "
+                        "frames' size rounded down to the stride, at most "
+                        f"{MAX_DEFAULT_CROP[0]}x{MAX_DEFAULT_CROP[1]})")
+    p.add_argument("--scale-range", dest="scale_range", type=_parse_range,
+                   default=default(d.scale_range), metavar="MIN,MAX",
+                   help="random scale of each frame before the crop")
+    p.add_argument("--rotation", dest="rotation_degrees", type=float, metavar="DEGREES",
+                   default=default(d.rotation_degrees),
+                   help="random rotation in +-DEGREES (0: none)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=default(d.batch_size),
                    help="images per batch on each worker")
-    p.add_argument("--epochs", type=int, default=default(d.epochs))
+    p.add_argument("--epochs", type=int, default=default(d.epochs),
+                   help=f"default: {DEFAULT_EPOCHS}, or as many as --time-limit allows")
     p.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int, default=default(None),
                    help="default: one pass over the train split")
     p.add_argument("--validation-steps", dest="validation_steps", type=int,
@@ -568,13 +661,23 @@ def _parser(with_defaults: bool) -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float,
                    default=default(d.learning_rate))
     p.add_argument("--lr-schedule", dest="lr_schedule", choices=LR_SCHEDULES,
-                   default=default(d.lr_schedule))
-    p.add_argument("--loss", choices=LOSS_NAMES, default=default(d.loss))
+                   default=default(d.lr_schedule),
+                   help="decay over the budget: the epochs, or --time-limit when it binds first")
+    p.add_argument("--warmup", type=float, default=default(d.warmup), metavar="FRACTION",
+                   help="fraction of the budget spent warming the learning rate up")
+    p.add_argument("--weight-decay", dest="weight_decay", type=float,
+                   default=default(d.weight_decay), help="AdamW weight decay (0: plain Adam)")
+    p.add_argument("--loss", choices=LOSS_NAMES, default=default(d.loss),
+                   help="ohem: online hard example mining cross-entropy")
+    p.add_argument("--no-aux", dest="aux_heads", action="store_false",
+                   default=default(d.aux_heads),
+                   help="no auxiliary heads (fastscnn and pspnet train with them by default)")
     p.add_argument("--train-void", dest="ignore_void", action="store_false",
                    default=default(d.ignore_void),
                    help="also train the void category (default: void pixels are ignored)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
-                   default=default(d.augment), help="no random rotation/crop/flip/colour")
+                   default=default(d.augment),
+                   help="no random scale/flip/colour/rotation (crops are still taken)")
     p.add_argument("--no-cache", dest="cache", action="store_false", default=default(d.cache),
                    help="decode the records in every epoch instead of keeping the decoded, "
                         "resized examples in memory (needed when they do not fit: about "
@@ -582,8 +685,12 @@ def _parser(with_defaults: bool) -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", dest="mixed_precision", action="store_true",
                    default=default(d.mixed_precision),
                    help="mixed_float16 on GPU, mixed_bfloat16 on CPU")
-    p.add_argument("--no-jit", dest="jit_compile", action="store_false",
-                   default=default(d.jit_compile), help="do not compile with XLA")
+    jit = p.add_mutually_exclusive_group()
+    jit.add_argument("--jit", dest="jit_compile", action="store_true",
+                     default=default(d.jit_compile), help="compile with XLA")
+    jit.add_argument("--no-jit", dest="jit_compile", action="store_false",
+                     default=default(d.jit_compile),
+                     help="do not compile with XLA (default: XLA on a GPU only)")
     p.add_argument("--time-limit", dest="time_limit_minutes", type=float, metavar="MINUTES",
                    default=default(None),
                    help="stop cleanly once this many minutes are spent (best model kept)")
@@ -598,6 +705,14 @@ def _parser(with_defaults: bool) -> argparse.ArgumentParser:
                    help="initial weights file (fcn8: ImageNet VGG16 no-top .h5)")
     p.add_argument("-v", "--verbose", action="store_true", default=default(False))
     return p
+
+
+def _parse_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX, not {text!r}") from None
+    return low, high
 
 
 def parse_config(argv: Sequence[str] | None) -> tuple[TrainConfig, frozenset[str], bool]:

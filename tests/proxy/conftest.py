@@ -153,7 +153,7 @@ def models_dir(tmp_path_factory):
     from training.export import export_model
 
     root = tmp_path_factory.mktemp("proxy-models")
-    export_model(build_tiny_model(), root, MODEL_NAME, input_size=(48, 96), version=1)
+    export_model(build_tiny_model(), root, MODEL_NAME, stride=1, version=1)
     return root
 
 
