@@ -3,7 +3,7 @@
 # training -> export into /models (the folder tensorflow/serving mounts).
 # Settings: CITYSEG_MODEL, CITYSEG_IMAGE_SIZE, CITYSEG_TRAIN_MINUTES (see the Dockerfile).
 set -euo pipefail
-MODEL="${CITYSEG_MODEL:-pspnet}"
+MODEL="${CITYSEG_MODEL:-fastscnn}"
 SIZE="${CITYSEG_IMAGE_SIZE:-256x512}"
 MINUTES="${CITYSEG_TRAIN_MINUTES:-10}"
 
@@ -15,5 +15,5 @@ fi
 
 cityseg-synth /raw --cities 2 --images-per-city 12 --splits train,val,test --seed 0
 cityseg-preprocess --input-root /raw --output-dir /data --image-size "$SIZE"
-cityseg-train --data-dir /data --model "$MODEL" --output-dir /tmp/run --image-size "$SIZE" --epochs 30 --time-limit "$MINUTES"
+cityseg-train --data-dir /data --model "$MODEL" --output-dir /tmp/run --time-limit "$MINUTES"
 cityseg-export --run-dir /tmp/run --models-dir /models --name "$MODEL"

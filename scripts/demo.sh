@@ -7,9 +7,8 @@
 set -euo pipefail
 
 OUT=${1:-demo-out}
-MODEL=${DEMO_MODEL:-pspnet}
+MODEL=${DEMO_MODEL:-fastscnn}
 TRAIN_MINUTES=${DEMO_TRAIN_MINUTES:-2}
-IMAGE_SIZE=${DEMO_IMAGE_SIZE:-128x256}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 RAW=$OUT/raw DATA=$OUT/data RUN=$OUT/run MODELS=$OUT/models LOGS=$OUT/logs
@@ -59,10 +58,10 @@ cityseg-preprocess --input-root "$RAW" --output-dir "$DATA" --image-size 256x512
 
 step "3/6 training $MODEL for at most $TRAIN_MINUTES min -> $RUN"
 rm -rf "$RUN"
-# No augmentation: in a two-minute run it slows learning more than it helps generalise.
+# Frames keep their size and aspect (crops for training, whole frames for validation). No
+# augmentation: in a two-minute run it slows learning more than it helps generalise.
 cityseg-train --data-dir "$DATA" --model "$MODEL" --output-dir "$RUN" \
-    --image-size "$IMAGE_SIZE" --batch-size 4 --epochs 100 --time-limit "$TRAIN_MINUTES" \
-    --no-augment
+    --batch-size 4 --time-limit "$TRAIN_MINUTES" --no-augment
 
 step "4/6 export SavedModel -> $MODELS/$MODEL"
 rm -rf "$MODELS/$MODEL"
