@@ -26,3 +26,27 @@ def machine_facts(*, tensorflow: bool = False) -> dict:
 
         facts["tensorflow"] = tf.__version__
     return facts
+
+
+def result_header(script: str, argv: list[str]) -> dict:
+    """The facts every result file starts with: when, the exact command, the machine."""
+    import shlex
+    from datetime import datetime, timezone
+
+    return {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": shlex.join(["python", f"benchmarks/{script}", *argv]),
+            "machine": machine_facts(tensorflow=True)}
+
+
+def reproduce(command: str) -> list[str]:
+    """The Markdown lines that close every result table: how to get it again."""
+    return ["", "Reproduce with:", "", "```", command, "```", ""]
+
+
+def write_result(output: Path, result: dict, markdown: str) -> None:
+    """Writes OUTPUT.json (everything) and OUTPUT.md (the tables)."""
+    import json
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    output.with_suffix(".md").write_text(markdown)

@@ -30,6 +30,8 @@ README = REPO / "README.md"
 BEGIN, END = "<!-- BEGIN GENERATED: results -->", "<!-- END GENERATED: results -->"
 
 COMMANDS = {
+    "real_photos": "python benchmarks/real_photos.py (exact flags in the section)",
+    "realtime": "python benchmarks/realtime.py (exact flags in the section)",
     "model_comparison": "python benchmarks/compare_models.py (exact flags in the table's header)",
     "preprocess": "python benchmarks/preprocess_bench.py",
     "input_pipeline": "python benchmarks/input_pipeline_bench.py",
@@ -224,6 +226,42 @@ def section_proxy(doc: dict[str, Any] | None) -> list[str]:
     return out
 
 
+def section_real_photos(doc: dict[str, Any] | None, realtime: dict[str, Any] | None
+                        ) -> list[str]:
+    """Real photos (CamVid dev set): the default recipe, its floors, and real time."""
+    out = ["## Real street photos", ""]
+    if doc is None:
+        return out + ["Not measured yet.", ""]
+    s = doc["settings"]
+    cats = [V.CATEGORIES[c] for c in V.EVALUATED_CATEGORIES]
+    out += [f"`{doc['command']}`; {machine_line(doc)}. Each run: `cityseg-train --time-limit "
+            f"{fmt(s['time_limit_minutes'], 0)}` (set-up and validation included), scored by "
+            "`cityseg-evaluate` on whole val frames. Spread: min..max over seeds.", "",
+            "| recipe | data | model | seeds | mean IoU 7 | min..max | train img/s | "
+            + " | ".join(cats) + " |", "|---|---|---|---:|---:|---|---:|" + "---:|" * len(cats)]
+    for row in doc["summary"]:
+        iou = row["iou_non_void"]
+        out.append(f"| {row['recipe']} | {row['data']} | {row['model'] or '–'} | {row['seeds']} "
+                   f"| {fmt(row['mean_iou_7'], 3)} | {fmt(row['min'], 3)}..{fmt(row['max'], 3)}"
+                   f" | {fmt(row['train_images_per_second'], 1)} | "
+                   + " | ".join(fmt(iou.get(c), 3) for c in cats) + " |")
+    out += ["", source("real_photos"), ""]
+    if realtime is not None:
+        rs = realtime["settings"]
+        out += ["### Real time", "",
+                f"`{realtime['command']}`: {rs['frame']}, export `--max-long-side "
+                f"{rs['max_long_side']}`, {rs['runs']} interleaved calls; target: p50 of the "
+                "signature at most 4x `tf.io.decode_png` of the same bytes.", "",
+                "| model | working resolution | p50 ms | decode_png p50 ms | ratio | target |",
+                "|---|---|---:|---:|---:|---|"]
+        for row in realtime["rows"]:
+            out.append(f"| {row['model']} | {'x'.join(map(str, row['working_resolution']))} "
+                       f"| {fmt(row['p50_ms'], 0)} | {fmt(row['decode_png_p50_ms'], 0)} "
+                       f"| {fmt(row['ratio'])} | {'met' if row['meets_target'] else 'missed'} |")
+        out += ["", source("realtime"), ""]
+    return out
+
+
 def readme_block(docs: dict[str, dict[str, Any] | None]) -> list[str]:
     out = [BEGIN, "", "Measured on this project's 2-core machine (details and commands in "
            "[docs/REPORT.md](docs/REPORT.md)):", ""]
@@ -232,13 +270,27 @@ def readme_block(docs: dict[str, dict[str, Any] | None]) -> list[str]:
         for row in setup["runs"]:
             out.append(f"- `{row['command']}` from a fresh clone: "
                        f"{row['seconds'] / 60:.1f} min ({result_text(row)})")
+    real = docs["real_photos"]
+    if real:
+        for row in real["summary"]:
+            if row["recipe"] == "default":
+                out.append(f"- real photos (CamVid {row['data']}), `cityseg-train` defaults "
+                           f"({row['model']}) for {real['settings']['time_limit_minutes']:g} "
+                           f"min: mean IoU (7 categories) {row['mean_iou_7']:.3f} "
+                           f"({row['seeds']} seed(s), {row['min']:.3f}..{row['max']:.3f})")
+    rt = docs["realtime"]
+    if rt:
+        row = rt["rows"][0]
+        out.append(f"- real time: {row['model']} answers a 2048x1024 PNG in {row['p50_ms']:.0f} ms "
+                   f"(p50) = {row['ratio']:.2f}x `tf.io.decode_png` of the same bytes (target "
+                   f"4x), working at {'x'.join(map(str, row['working_resolution']))}")
     models = docs["model_comparison"]
     if models:
         best = max((r for r in models["rows"] if r["model"] != "colour-baseline"),
                    key=lambda r: r["mean_iou_7"])
         base = next((r for r in models["rows"] if r["model"] == "colour-baseline"), None)
-        line = (f"- best network under the same training budget: **{best['model']}**, mean IoU "
-                f"(7 categories) {best['mean_iou_7']:.3f}")
+        line = (f"- synthetic scenes, best network under the same training budget: "
+                f"**{best['model']}**, mean IoU (7 categories) {best['mean_iou_7']:.3f}")
         if base:
             line += f" against {base['mean_iou_7']:.3f} for a per-pixel colour classifier"
         out.append(line)
@@ -273,6 +325,7 @@ def main() -> int:
              "`docs/benchmarks/`; each section names the command that wrote its figures. "
              "All runs are on the project's machine: 2 CPU cores, no GPU.", ""]
     lines += section_setup(docs["setup_times"])
+    lines += section_real_photos(docs["real_photos"], docs["realtime"])
     lines += section_models(docs["model_comparison"])
     lines += section_preprocess(docs["preprocess"])
     lines += section_input(docs["input_pipeline"])

@@ -1,0 +1,244 @@
+"""Real street photos: the default recipe against its floors, several seeds, two splits.
+
+    python benchmarks/real_photos.py --data val=DATA --data held-out=DATA2 --time-limit 20 \\
+        --seeds 0,1
+
+For every data set given (`NAME=DATA`, each a `cityseg-preprocess` output with train and val
+splits) and every recipe, the commands a user would run: `cityseg-train ... --time-limit T
+--seed S`, then `cityseg-evaluate` on the whole val frames (aspect kept, padded to the
+stride). Recipes:
+
+- `default`: `cityseg-train` with its default flags: what the issue's target is about;
+- `seed-recipe`: the seed project's recipe (U-Net 64..1024, every frame squashed to 128x128,
+  no augmentation, plain cross-entropy, constant learning rate), the same budget;
+- `colour-baseline`: a per-pixel colour classifier (`training.baselines`), no training budget.
+
+The development set of this project is CamVid laid out as a Cityscapes tree
+(`../shared/data/camvid-dev`, not part of the project): `val` scores frames of a sequence that
+also appears in train, so a second data set holds out a whole sequence (train on camvida +
+camvidc, score camvidb) to tell how the model does on a camera it has not seen.
+
+Finished runs in the work folder are reused (`--retrain` to train again), so an interrupted
+benchmark continues where it stopped. Writes OUTPUT.json (every run) and OUTPUT.md (mean and
+spread over seeds, IoU per category, training throughput).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(REPO))
+
+from bench_machine import reproduce, result_header, write_result  # noqa: E402  (on sys.path)
+from compare_models import _metric_fields, _num, read_json, run_step  # noqa: E402
+from cityseg.cli import CliError, HelpFormatter, run_cli, setup_logging  # noqa: E402
+from cityseg.vocabulary import CATEGORIES, EVALUATED_CATEGORIES  # noqa: E402
+from training.evaluate import METRICS_FILE  # noqa: E402
+from training.train import SUMMARY_FILE  # noqa: E402
+
+log = logging.getLogger("cityseg.real_photos")
+
+RECIPES: dict[str, list[str]] = {
+    "default": [],
+    "seed-recipe": ["--model", "unet", "--width", "64", "--image-size", "128x128",
+                    "--no-augment", "--loss", "ce", "--lr-schedule", "constant",
+                    "--weight-decay", "0"],
+}
+BASELINE = "colour-baseline"
+DEFAULT_OUTPUT = REPO / "docs" / "benchmarks" / "real_photos"
+
+
+def train_and_evaluate(recipe: str, data_name: str, data: Path, seed: int, work: Path,
+                       args: argparse.Namespace) -> dict[str, Any]:
+    """One run: train under the budget, evaluate on the whole val frames."""
+    tag = f"{recipe}-{data_name}-seed{seed}"
+    run_dir = work / "runs" / tag
+    report_dir = work / "reports" / tag
+    if args.retrain or not (run_dir / SUMMARY_FILE).is_file():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_step("cityseg-train", ["--data-dir", data, "--output-dir", run_dir,
+                                   "--time-limit", args.time_limit, "--seed", seed,
+                                   *RECIPES[recipe], *args.train_arg],
+                 work / "logs" / f"train-{tag}.log")
+    else:
+        log.info("reusing the finished run %s (pass --retrain to train again)", run_dir)
+    if args.retrain or not (report_dir / METRICS_FILE).is_file():
+        run_step("cityseg-evaluate", ["--data-dir", data, "--model", run_dir, "--split", "val",
+                                      "--report-dir", report_dir],
+                 work / "logs" / f"evaluate-{tag}.log")
+    summary = read_json(run_dir / SUMMARY_FILE)
+    config = read_json(run_dir / "config.json")
+    return {"recipe": recipe, "data": data_name, "seed": seed, "run_dir": str(run_dir),
+            "model": summary.get("model"), "crop_size": summary.get("crop_size"),
+            "image_size": summary.get("image_size"), "loss": config.get("loss"),
+            "epochs_done": summary.get("epochs_done"),
+            "training_seconds": summary.get("training_seconds"),
+            "train_images_per_second": summary.get("train_images_per_second"),
+            "best_epoch": summary.get("best_epoch"),
+            "best_val_mean_iou": summary.get("best_val_mean_iou"),
+            **_metric_fields(read_json(report_dir / METRICS_FILE))}
+
+
+def baseline_row(data_name: str, data: Path, work: Path) -> dict[str, Any]:
+    """The colour classifier fitted on train, scored on the whole val frames."""
+    from training import baselines
+    from training.evaluate import ModelSource, write_report
+
+    started = time.monotonic()
+    baseline = baselines.fit_colour_baseline(data, "train", batch_size=1)
+    evaluation = baselines.evaluate_colour_baseline(baseline, data, "val", batch_size=1)
+    metrics = write_report(evaluation, work / "reports" / f"{BASELINE}-{data_name}",
+                           source=ModelSource(BASELINE, Path(BASELINE)), split="val",
+                           data_dir=data, seconds=time.monotonic() - started)
+    return {"recipe": BASELINE, "data": data_name, "seed": None, **_metric_fields(metrics)}
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, min and max over seeds for each (recipe, data)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["recipe"], row["data"]), []).append(row)
+    out = []
+    for (recipe, data), members in groups.items():
+        scores = [r["mean_iou_7"] for r in members if r.get("mean_iou_7") is not None]
+        iou = {c: statistics.mean(r["iou_non_void"][c] for r in members
+                                  if (r.get("iou_non_void") or {}).get(c) is not None)
+               for c in (CATEGORIES[i] for i in EVALUATED_CATEGORIES)
+               if any((r.get("iou_non_void") or {}).get(c) is not None for r in members)}
+        speeds = [r["train_images_per_second"] for r in members
+                  if r.get("train_images_per_second")]
+        out.append({"recipe": recipe, "data": data, "seeds": len(members),
+                    "mean_iou_7": statistics.mean(scores) if scores else None,
+                    "min": min(scores) if scores else None,
+                    "max": max(scores) if scores else None,
+                    "iou_non_void": iou, "model": members[0].get("model"),
+                    "train_images_per_second": statistics.mean(speeds) if speeds else None})
+    return out
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    m = result["machine"]
+    lines = [
+        "# Real street photos: the default recipe and its floors",
+        "",
+        f"Generated {result['generated']} by `{result['command']}` on {m['nproc']} CPU cores "
+        f"({m['cpu_model']}), TensorFlow {m.get('tensorflow')}.",
+        "",
+        "- Data: " + "; ".join(f"`{k}` = {v}" for k, v in s["data"].items()) + ".",
+        f"- Budget: `--time-limit {s['time_limit_minutes']:g}` minutes of `cityseg-train` per "
+        f"run (set-up and validation included), seeds {s['seeds']}; scored by "
+        "`cityseg-evaluate` on the whole val frames at their own size (aspect kept).",
+        "- mean IoU 7: Cityscapes category convention (7 categories, ground-truth void "
+        "ignored). Spread: min..max over seeds.",
+        "",
+        "| recipe | data | model | seeds | mean IoU 7 | min..max | train images/s | "
+        + " | ".join(CATEGORIES[i] for i in EVALUATED_CATEGORIES) + " |",
+        "|---|---|---|---:|---:|---|---:|" + "---:|" * len(EVALUATED_CATEGORIES),
+    ]
+    for row in result["summary"]:
+        iou = row["iou_non_void"]
+        lines.append(
+            f"| {row['recipe']} | {row['data']} | {row['model'] or '-'} | {row['seeds']} "
+            f"| {_num(row['mean_iou_7'])} | {_num(row['min'])}..{_num(row['max'])} "
+            f"| {_num(row['train_images_per_second'], 1)} | "
+            + " | ".join(_num(iou.get(CATEGORIES[i])) for i in EVALUATED_CATEGORIES) + " |")
+    lines += ["", "Every run:", "",
+              "| recipe | data | seed | epochs | train images/s | best val (trainer) "
+              "| mean IoU 7 (evaluate) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['recipe']} | {row['data']} | {_num(row['seed'])} "
+                     f"| {_num(row.get('epochs_done'))} "
+                     f"| {_num(row.get('train_images_per_second'), 1)} "
+                     f"| {_num(row.get('best_val_mean_iou'))} | {_num(row.get('mean_iou_7'))} |")
+    lines += reproduce(result["command"])
+    return "\n".join(lines)
+
+
+EPILOG = """\
+examples:
+  # the committed figures (CamVid dev set as two DATA folders, see the module docstring)
+  python benchmarks/real_photos.py --data val=data/camvid --data held-out=data/camvid-heldout \\
+      --time-limit 20 --seeds 0,1 --work-dir out/real
+
+  # only the default recipe, one seed, 5 minutes
+  python benchmarks/real_photos.py --data val=data/camvid --recipes default --seeds 0 \\
+      --time-limit 5 --no-baseline
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="real_photos", description=__doc__.split("\n")[0], epilog=EPILOG,
+        formatter_class=HelpFormatter)
+    parser.add_argument("--data", action="append", required=True, metavar="NAME=DATA",
+                        help="a preprocessed data set with train and val (repeatable)")
+    parser.add_argument("--recipes", default=",".join(RECIPES),
+                        help=f"comma-separated, from {', '.join(RECIPES)}")
+    parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
+    parser.add_argument("--time-limit", type=float, default=20.0, metavar="MINUTES")
+    parser.add_argument("--train-arg", action="append", default=[],
+                        help="extra flag for every cityseg-train (repeatable)")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false")
+    parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--work-dir", type=Path, default=REPO / "out" / "real")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    data: dict[str, Path] = {}
+    for item in args.data:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not Path(path).is_dir():
+            raise CliError(f"--data must be NAME=DATA with an existing folder, not {item!r}")
+        data[name] = Path(path).resolve()
+    recipes = [r for r in args.recipes.split(",") if r]
+    unknown = sorted(set(recipes) - set(RECIPES))
+    if unknown:
+        raise CliError(f"unknown recipes {unknown} (choose from {', '.join(RECIPES)})")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        raise CliError(f"--seeds must be comma-separated integers, not {args.seeds!r}") from None
+    work = args.work_dir.resolve()
+    rows = []
+    for name, path in data.items():
+        for recipe in recipes:
+            for seed in seeds:
+                rows.append(train_and_evaluate(recipe, name, path, seed, work, args))
+                log.info("%s on %s, seed %d: mean IoU 7 %s", recipe, name, seed,
+                         _num(rows[-1].get("mean_iou_7")))
+        if args.baseline:
+            rows.append(baseline_row(name, path, work))
+    result = {
+        **result_header("real_photos.py", argv),
+        "settings": {"data": {k: str(v) for k, v in data.items()},
+                     "time_limit_minutes": args.time_limit, "seeds": seeds,
+                     "recipes": {r: RECIPES[r] for r in recipes},
+                     "train_args": args.train_arg},
+        "rows": rows,
+        "summary": aggregate(rows),
+    }
+    write_result(args.output, result, to_markdown(result))
+    log.info("wrote %s.json and .md", args.output)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("real_photos", _main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""One training step of each network on this CPU: XLA on/off, mixed bfloat16, against FLOPs.
+
+    python benchmarks/train_step.py --models fastscnn,pspnet,unet --crop 256x352 --batch 8
+
+On 2 cores the images a training step processes per second decide how much a time budget
+learns. For each network and variant (float32 without XLA, float32 with XLA, mixed bfloat16
+without XLA: XLA on CPU rejects the mixed gradients of dropout) this compiles the training step
+the trainer compiles (`cityseg-train`'s loss, AdamW, auxiliary heads), runs `--warmup` steps,
+then times `--steps` steps on random tensors (no input pipeline: that is measured by
+`input_pipeline_bench.py`). Beside each: the network's forward FLOPs per image (TensorFlow's
+profiler), the achieved training GFLOP/s (about 3x forward FLOPs per image), and this CPU's
+float32 matmul GFLOP/s as the ceiling.
+
+Writes OUTPUT.json and OUTPUT.md.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(REPO))
+
+from bench_machine import reproduce, result_header, write_result  # noqa: E402  (on sys.path)
+from cityseg.cli import HelpFormatter, parse_size, run_cli, setup_logging  # noqa: E402
+
+DEFAULT_OUTPUT = REPO / "docs" / "benchmarks" / "train_step"
+VARIANTS = {"float32": (False, False), "float32+xla": (True, False), "bfloat16": (False, True)}
+
+
+def forward_flops(name: str, size: tuple[int, int]) -> float:
+    """Forward floating-point operations of one image through network `name`."""
+    import tensorflow as tf
+    from tensorflow.python.profiler import model_analyzer, option_builder
+
+    from training import models
+
+    model = models.build_model(name)
+    concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+        tf.TensorSpec([1, *size, 3], tf.float32))
+    options = option_builder.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return float(model_analyzer.profile(concrete.graph, options=options).total_float_ops)
+
+
+def matmul_gflops(n: int = 2048, runs: int = 5) -> float:
+    """float32 GFLOP/s of an n x n matmul on all cores: the ceiling a network can approach."""
+    import tensorflow as tf
+
+    a = tf.random.normal([n, n])
+    f = tf.function(lambda x: tf.matmul(x, x))
+    f(a).numpy()
+    started = time.perf_counter()
+    for _ in range(runs):
+        f(a).numpy()
+    return 2 * n ** 3 * runs / (time.perf_counter() - started) / 1e9
+
+
+def time_step(name: str, variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    import keras
+    import numpy as np
+
+    from cityseg import vocabulary as V
+    from training import losses, models
+
+    jit, bf16 = VARIANTS[variant]
+    keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if bf16 else "float32")
+    try:
+        keras.utils.set_random_seed(0)
+        model = models.build_model(name)
+        loss = losses.make_loss("ohem", ignore_class=V.VOID)
+        trained = models.with_aux_heads(model, name, loss) or model
+        trained.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=loss, jit_compile=jit)
+        rng = np.random.default_rng(0)
+        images = rng.random((args.batch, *args.crop, 3), dtype=np.float32)
+        labels = rng.integers(0, V.NUM_CATEGORIES, (args.batch, *args.crop)).astype("int32")
+        x = (images, labels) if trained is not model else images
+        for _ in range(args.warmup):
+            trained.train_on_batch(x, labels)
+        times = []
+        for _ in range(args.steps):
+            started = time.perf_counter()
+            trained.train_on_batch(x, labels)
+            times.append(time.perf_counter() - started)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    step = statistics.median(times)
+    return {"model": name, "variant": variant, "step_s": round(step, 3),
+            "images_per_s": round(args.batch / step, 2),
+            "steps_s": [round(t, 3) for t in times]}
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    s, m = result["settings"], result["machine"]
+    lines = ["# One training step on this CPU", "",
+             f"Generated {result['generated']} by `{result['command']}` on {m['nproc']} CPU cores "
+             f"({m['cpu_model']}), TensorFlow {m.get('tensorflow')}.", "",
+             f"- Batch {s['batch']} crops of {s['crop']}, the trainer's loss (OHEM + auxiliary "
+             f"heads) and AdamW; median of {s['steps']} steps after {s['warmup']} warm-up steps.",
+             f"- Ceiling: float32 matmul on all cores, {result['matmul_gflops']:.0f} GFLOP/s; a "
+             "training step is counted as 3x the forward FLOPs.", "",
+             "| model | forward GFLOPs/image | variant | s/step | images/s | GFLOP/s | "
+             "share of ceiling |", "|---|---:|---|---:|---:|---:|---:|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['model']} | {row['forward_gflops']:.2f} | {row['variant']} "
+                     f"| {row['step_s']} | {row['images_per_s']} | {row['gflops']:.1f} "
+                     f"| {row['share_of_ceiling']:.0%} |")
+    lines += reproduce(result["command"])
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="train_step", description=__doc__.split("\n")[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--models", default="fastscnn,pspnet,unet")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--crop", type=parse_size, default=(256, 352))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    ceiling = matmul_gflops()
+    rows = []
+    for name in args.models.split(","):
+        flops = forward_flops(name, args.crop)
+        for variant in args.variants.split(","):
+            row = time_step(name, variant, args)
+            row["forward_gflops"] = flops / 1e9
+            row["gflops"] = 3 * flops * row["images_per_s"] / 1e9
+            row["share_of_ceiling"] = row["gflops"] / ceiling
+            rows.append(row)
+            print(f"{name} {variant}: {row['step_s']} s/step, {row['images_per_s']} img/s, "
+                  f"{row['gflops']:.1f} GFLOP/s", flush=True)
+    result = {**result_header("train_step.py", argv), "matmul_gflops": ceiling,
+              "settings": {"crop": "x".join(map(str, args.crop)), "batch": args.batch,
+                           "warmup": args.warmup, "steps": args.steps},
+              "rows": rows}
+    write_result(args.output, result, to_markdown(result))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("train_step", _main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
