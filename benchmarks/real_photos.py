@@ -135,7 +135,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         "",
         "- Data: " + "; ".join(f"`{k}` = {v}" for k, v in s["data"].items()) + ".",
         f"- Budget: `--time-limit {s['time_limit_minutes']:g}` minutes of `cityseg-train` per "
-        f"run (set-up and validation included), seeds {s['seeds']}; scored by "
+        f"run (set-up and validation included), seeds " + ", ".join(f"{k}: {v}" for k, v in s['seeds'].items()) + "; scored by "
         "`cityseg-evaluate` on the whole val frames at their own size (aspect kept).",
         "- mean IoU 7: Cityscapes category convention (7 categories, ground-truth void "
         "ignored). Spread: min..max over seeds.",
@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recipes", default=",".join(RECIPES),
                         help=f"comma-separated, from {', '.join(RECIPES)}")
     parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
+    parser.add_argument("--seeds-of", action="append", default=[], metavar="NAME=S,S",
+                        help="other seeds for one data set (repeatable)")
     parser.add_argument("--time-limit", type=float, default=20.0, metavar="MINUTES")
     parser.add_argument("--train-arg", action="append", default=[],
                         help="extra flag for every cityseg-train (repeatable)")
@@ -208,15 +210,22 @@ def _main(argv: Sequence[str] | None) -> int:
     unknown = sorted(set(recipes) - set(RECIPES))
     if unknown:
         raise CliError(f"unknown recipes {unknown} (choose from {', '.join(RECIPES)})")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s]
-    except ValueError:
-        raise CliError(f"--seeds must be comma-separated integers, not {args.seeds!r}") from None
+    def parse_seeds(text: str) -> list[int]:
+        try:
+            return [int(s) for s in text.split(",") if s]
+        except ValueError:
+            raise CliError(f"seeds must be comma-separated integers, not {text!r}") from None
+
+    seeds = parse_seeds(args.seeds)
+    seeds_of = {name: parse_seeds(text) for name, _, text in
+                (item.partition("=") for item in args.seeds_of)}
+    if set(seeds_of) - set(data):
+        raise CliError(f"--seeds-of names unknown data sets {sorted(set(seeds_of) - set(data))}")
     work = args.work_dir.resolve()
     rows = []
     for name, path in data.items():
         for recipe in recipes:
-            for seed in seeds:
+            for seed in seeds_of.get(name, seeds):
                 rows.append(train_and_evaluate(recipe, name, path, seed, work, args))
                 log.info("%s on %s, seed %d: mean IoU 7 %s", recipe, name, seed,
                          _num(rows[-1].get("mean_iou_7")))
@@ -225,7 +234,8 @@ def _main(argv: Sequence[str] | None) -> int:
     result = {
         **result_header("real_photos.py", argv),
         "settings": {"data": {k: str(v) for k, v in data.items()},
-                     "time_limit_minutes": args.time_limit, "seeds": seeds,
+                     "time_limit_minutes": args.time_limit,
+                     "seeds": {name: seeds_of.get(name, seeds) for name in data},
                      "recipes": {r: RECIPES[r] for r in recipes},
                      "train_args": args.train_arg},
         "rows": rows,
