@@ -160,10 +160,16 @@ def test_every_architecture_exports_and_serves_any_size(name, tmp_path):
     model = build_model(name, width=4)
     version = export_model(model, tmp_path, name, stride=stride)
     serve = tf.saved_model.load(str(version)).signatures[V.SIGNATURE_NAME]
-    image = _encode(np.random.default_rng(0).integers(0, 255, (45, 71, 3), np.uint8), "PNG")
-    (mask,) = serve(**{V.INPUT_KEY: tf.constant([image])})[V.OUTPUT_KEY].numpy()
-    decoded = np.asarray(Image.open(io.BytesIO(mask)))
-    assert decoded.shape == (45, 71) and decoded.max() < V.NUM_CATEGORIES
+    # The four cameras of the real world (CamVid, Cityscapes, 1080p, KITTI) and an odd size,
+    # in one request.
+    sizes = [(360, 480), (1024, 2048), (1080, 1920), (375, 1242), (45, 71)]
+    rng = np.random.default_rng(0)
+    images = [_encode(np.kron(rng.integers(0, 255, (-(-h // 16), -(-w // 16), 3), np.uint8),
+                              np.ones((16, 16, 1), np.uint8))[:h, :w], "PNG") for h, w in sizes]
+    masks = serve(**{V.INPUT_KEY: tf.constant(images)})[V.OUTPUT_KEY].numpy()
+    for size, mask in zip(sizes, masks):
+        decoded = np.asarray(Image.open(io.BytesIO(mask)))
+        assert decoded.shape == size and decoded.max() < V.NUM_CATEGORIES
 
 
 class _BandProbe:

@@ -286,3 +286,55 @@ def test_help_has_examples(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "examples:" in out and "--time-limit" in out and "TF_CONFIG" in out
+
+
+@pytest.mark.slow
+def test_learning_rate_reaches_its_floor_when_the_time_runs_out(toy_data, tmp_path):
+    """Under --time-limit the schedule follows the time, not the (never reached) epochs."""
+    from training import train
+
+    run = tmp_path / "run"
+    # One step per epoch, so the learning rate is logged often and the last step falls
+    # close to the end of the 30 s (set-up and tracing count too).
+    args = base_args(toy_data, run, "--epochs", "10000", "--time-limit", "0.5",
+                     "--steps-per-epoch", "1", "--lr-schedule", "poly", "--warmup", "0.1")
+    assert train.main(args) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_by"] == "time_limit" and summary["epochs_done"] < 10000
+    lrs = [float(r["lr"]) for r in _history(run)]
+    assert len(lrs) >= 3
+    peak = 0.01
+    assert max(lrs) > 0.3 * peak
+    # The last batch began with at most a few percent of the 30 s left: near the 1 % floor.
+    assert lrs[-1] < 0.1 * peak and lrs[-1] >= 0.01 * peak * 0.999
+    assert summary["train_images_per_second"] > 0
+
+
+@pytest.fixture(scope="module")
+def camera_data(tmp_path_factory) -> Path:
+    """Records of a 4:3 camera at 360x480 (CamVid's size), not divisible by 16 or 32."""
+    return write_toy_data(tmp_path_factory.mktemp("cam") / "data", counts={"train": 2, "val": 1},
+                          size=(360, 480), num_shards=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,width", [("unet", 4), ("pspnet", 4), ("fcn8", 2),
+                                        ("fastscnn", 8)])
+def test_one_training_step_of_every_architecture_on_360x480_records(
+        name, width, camera_data, tmp_path):
+    """No resizing by hand: crops a multiple of the stride, validation on the whole frame."""
+    from training import models, train
+
+    run = tmp_path / "run"
+    assert train.main(["--data-dir", str(camera_data), "--output-dir", str(run), "--model", name,
+                       "--width", str(width), "--batch-size", "2", "--epochs", "1",
+                       "--steps-per-epoch", "1", "--no-jit"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    stride = models.model_stride(name)
+    crop = summary["crop_size"]
+    assert crop[0] % stride == 0 and crop[1] % stride == 0 and crop[0] <= 360
+    assert summary["epochs_done"] == 1
+    row = _history(run)[0]
+    assert 0.0 <= float(row["val_mean_iou"]) <= 1.0 and float(row["val_loss"]) > 0
+    model = models.load_model(run / "best.keras")
+    assert model.output.shape[-1] == V.NUM_CATEGORIES  # the inference model: no aux heads
