@@ -403,25 +403,12 @@ def evaluate_saved_model_raw(export_dir: Path, data_dir: Path, split: str, raw_r
     return evaluation
 
 
-def keras_model_stride(model, source: ModelSource) -> int:
-    """The stride frames are padded to: the run's architecture's, else the model's name's."""
+def keras_model_stride(model) -> int:
+    """The stride frames are padded to: that of the architecture the model is named after
+    (the builders name their models, and best.keras keeps the name), else the largest."""
     from training import models
 
-    name = None
-    if source.run_dir is not None:
-        config = json.loads((source.run_dir / RUN_CONFIG_FILE).read_text())
-        name = config.get("model")
-    name = name if name in models.MODEL_STRIDES else model.name
-    return models.MODEL_STRIDES.get(name, max(models.MODEL_STRIDES.values()))
-
-
-def static_input_size(model) -> tuple[int, int] | None:
-    """The model's fixed (height, width) input, or None if it takes any size."""
-    shape = model.input_shape
-    if isinstance(shape, list):
-        shape = shape[0]
-    height, width = shape[1], shape[2]
-    return (int(height), int(width)) if height and width else None
+    return models.MODEL_STRIDES.get(model.name, max(models.MODEL_STRIDES.values()))
 
 
 def accumulate(batches: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -557,7 +544,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
 
         model = load_model(source.path)
         evaluation = evaluate_keras(
-            model, config.data_dir, config.split, stride=keras_model_stride(model, source),
+            model, config.data_dir, config.split, stride=keras_model_stride(model),
             image_size=config.image_size or source.image_size, max_images=config.max_images,
             num_samples=config.overlays)
     metrics = write_report(evaluation, config.report_dir, source=source, split=config.split,
