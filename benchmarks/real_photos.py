@@ -51,6 +51,10 @@ RECIPES: dict[str, list[str]] = {
     "seed-recipe": ["--model", "unet", "--width", "64", "--image-size", "128x128",
                     "--no-augment", "--loss", "ce", "--lr-schedule", "constant",
                     "--weight-decay", "0"],
+    # One change from the default each, to back (or overturn) that default by measurement.
+    "weighted-ce": ["--loss", "weighted_ce"],
+    "rotation-10": ["--rotation", "10"],
+    "no-aux": ["--no-aux"],
 }
 BASELINE = "colour-baseline"
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks" / "real_photos"
@@ -128,7 +132,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     m = result["machine"]
     lines = [
-        "# Real street photos: the default recipe and its floors",
+        "# Real street photos: " + ("the default recipe and its floors" if "seed-recipe" in s["recipes"]
+                                    else "recipes compared"),
         "",
         f"Generated {result['generated']} by `{result['command']}` on {m['nproc']} CPU cores "
         f"({m['cpu_model']}), TensorFlow {m.get('tensorflow')}.",
@@ -137,6 +142,11 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"- Budget: `--time-limit {s['time_limit_minutes']:g}` minutes of `cityseg-train` per "
         f"run (set-up and validation included), seeds " + ", ".join(f"{k}: {v}" for k, v in s['seeds'].items()) + "; scored by "
         "`cityseg-evaluate` on the whole val frames at their own size (aspect kept).",
+        *([f"- Extra `cityseg-train` flags on every run: `{' '.join(map(str, s['train_args']))}`"
+           " (with `--epochs`, a step budget that binds before the time limit: recipes of the "
+           "same step cost compared on equal training)."] if s.get("train_args") else []),
+        "- Recipes: " + "; ".join(f"`{k}` = `{' '.join(v) or '(default flags)'}`"
+                                  for k, v in s["recipes"].items()) + ".",
         "- mean IoU 7: Cityscapes category convention (7 categories, ground-truth void "
         "ignored). Spread: min..max over seeds.",
         "",
