@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 
 from serving.config import BatchingOptions
+from serving.errors import RequestError
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,19 @@ def _rows(inputs: Inputs) -> int | None:
 
 
 class Batcher:
-    """Merges concurrent `submit()` calls into calls of `run` on stacked inputs."""
+    """Merges concurrent `submit()` calls into calls of `run` on stacked inputs.
+
+    Args:
+      run: the signature call; takes and returns arrays batched along their first axis.
+      options: TF Serving's batching parameters.
+      label: names the batch threads.
+      on_batch: told the row count of every merged call (the server's batch-size metric).
+    """
 
     def __init__(self, run: Callable[[Inputs], Inputs], options: BatchingOptions, *,
-                 label: str = "batcher"):
+                 label: str = "batcher", on_batch: Callable[[int], None] | None = None):
         self._run = run
+        self._on_batch = on_batch
         self.options = options
         self._queue: queue.Queue[_Task | None] = queue.Queue(
             maxsize=options.max_enqueued_batches * options.max_batch_size)
@@ -56,8 +65,6 @@ class Batcher:
 
     def submit(self, inputs: Inputs) -> Inputs:
         """Runs `inputs` as part of a batch and returns this request's rows of the outputs."""
-        from serving.registry import RequestError
-
         task = _Task(inputs)
         if task.rows is None or task.rows > self.options.max_batch_size:
             return self._run(inputs)  # too big or not batchable: run it on its own
@@ -120,9 +127,9 @@ class Batcher:
             self._execute_group(group)
 
     def _execute_group(self, group: list[_Task]) -> None:
-        from serving.registry import RequestError
-
         total = sum(t.rows for t in group)
+        if self._on_batch is not None:
+            self._on_batch(total)
         try:
             stacked = {k: np.concatenate([t.inputs[k] for t in group]) for k in group[0].inputs}
             outputs = self._run(stacked)

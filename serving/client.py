@@ -30,14 +30,11 @@ from google.protobuf import json_format
 
 from cityseg import vocabulary as V
 from serving import wire_pb2 as W
+from serving.protocol import DEFAULT_MAX_MESSAGE_BYTES, MODEL_VERSION_HEADER, status_code
 
-# A 2048x1024 RGB PNG is up to ~6 MB; 64 MiB leaves room for batches of them.
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_RETRIES = 2
 DEFAULT_BACKOFF_S = 0.2
-# cityseg-serve names the version that answered a REST predict here (TF Serving does not).
-MODEL_VERSION_HEADER = "X-Model-Version"
 
 # TF Serving's gRPC methods. The path is all that names a method on the wire, so our messages
 # (package cityseg.wire) reach the real `tensorflow.serving` services unchanged.
@@ -45,18 +42,6 @@ PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 METADATA_METHOD = "/tensorflow.serving.PredictionService/GetModelMetadata"
 STATUS_METHOD = "/tensorflow.serving.ModelService/GetModelStatus"
 SIGNATURE_DEF_MAP = "tensorflow.serving.SignatureDefMap"
-
-# TF Serving's REST server maps status codes to HTTP like this (model_servers/http_server.cc).
-_HTTP_TO_CODE = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    404: grpc.StatusCode.NOT_FOUND,
-    408: grpc.StatusCode.DEADLINE_EXCEEDED,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    499: grpc.StatusCode.CANCELLED,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
 
 T = TypeVar("T")
 
@@ -434,7 +419,7 @@ class RestClient:
                     return answer
             except urllib.error.HTTPError as err:
                 payload = err.read()
-                code = _HTTP_TO_CODE.get(err.code, grpc.StatusCode.UNKNOWN)
+                code = status_code(err.code)
                 try:
                     message = _parse_json(payload).get("error") or err.reason
                 except ServingError:

@@ -10,6 +10,8 @@ import logging
 import time
 
 import grpc
+import tensorflow as tf
+from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -19,7 +21,8 @@ from tensorflow_serving.apis import (
 )
 
 from cityseg import vocabulary as V
-from serving.registry import ModelRegistry, RequestError, VersionStatus
+from serving.errors import RequestError
+from serving.registry import ModelRegistry, VersionStatus
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +41,6 @@ def spec_version(model_spec) -> tuple[int | None, str | None]:
 
 def status_proto(status: VersionStatus):
     """A ModelVersionStatus message for one version."""
-    from tensorflow.core.protobuf import error_codes_pb2
-
     message = get_model_status_pb2.ModelVersionStatus(
         version=status.version, state=_STATES.Value(status.state))
     message.status.error_code = error_codes_pb2.Code.Value(status.error_code.name)
@@ -55,8 +56,6 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.metrics = metrics
 
     def Predict(self, request, context):
-        import tensorflow as tf
-
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:

@@ -24,33 +24,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
+from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
 from cityseg import vocabulary as V
-from serving.client import MODEL_VERSION_HEADER
-from serving.registry import ModelRegistry, RequestError
+from serving.errors import RequestError
+from serving.grpc_service import model_metadata, status_proto
+from serving.protocol import MODEL_VERSION_HEADER, http_status
+from serving.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
-
-# model_servers/http_server.cc: ToHTTPStatusCode.
-HTTP_STATUS = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-}
 
 # The shape of TF Serving's kPathRegex (http_rest_api_handler.cc).
 _PATH = re.compile(
@@ -236,11 +219,9 @@ class RestApi:
                 return 200, self._metadata(name, version, label), {}
             return 200, self._status(name, version, label), {}
         except RequestError as err:
-            return HTTP_STATUS.get(err.code, 500), {"error": str(err)}, {}
+            return http_status(err.code), {"error": str(err)}, {}
 
     def _status(self, name, version, label) -> dict:
-        from serving.grpc_service import status_proto
-
         if label:
             version = self.registry.label_version(name, label)
         statuses = []
@@ -255,11 +236,6 @@ class RestApi:
         return {"model_version_status": statuses}
 
     def _metadata(self, name, version, label) -> dict:
-        from google.protobuf import json_format
-        from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
-
-        from serving.grpc_service import model_metadata
-
         spec = model_pb2.ModelSpec(name=name)
         if version is not None:
             spec.version.value = version
@@ -325,10 +301,10 @@ def make_http_server(api: RestApi, host: str, port: int) -> ThreadingHTTPServer:
         protocol_version = "HTTP/1.1"
         server_version = "cityseg-serve"
 
-        def _reply(self, status: int, payload: dict | str, headers: dict,
+        def _reply(self, status: int, payload: dict | bytes, headers: dict,
                    content_type: str = "application/json") -> None:
-            data = (payload if isinstance(payload, str)
-                    else json.dumps(payload, separators=(",", ":"))).encode("utf-8")
+            data = (payload if isinstance(payload, bytes)
+                    else json.dumps(payload, separators=(",", ":")).encode("utf-8"))
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
@@ -357,7 +333,8 @@ def make_http_server(api: RestApi, host: str, port: int) -> ThreadingHTTPServer:
                 return
             path = self.path.split("?", 1)[0]
             if api.monitoring_path and path == api.monitoring_path and method == "GET":
-                self._reply(200, api.metrics.render(), {}, "text/plain; version=0.0.4")
+                body, content_type = api.metrics.exposition(self.headers.get("Accept"))
+                self._reply(200, body, {}, content_type)
                 return
             status, payload, headers = api.handle(method, path, body)
             self._reply(status, payload, headers)

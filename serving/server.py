@@ -18,9 +18,11 @@ import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
 
 from cityseg.cli import CliError, HelpFormatter, run_cli, setup_logging
 from serving.config import (
@@ -30,10 +32,13 @@ from serving.config import (
     read_model_config_file,
     read_monitoring_config,
 )
+from serving.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
 log = logging.getLogger("cityseg.serve")
 
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The label value of every model name the server does not serve.
+OTHER_LABEL = "other"
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 @dataclass
@@ -74,43 +79,61 @@ class ServerOptions:
 
 
 class Metrics:
-    """Request counts and latency per API, model and status code, in Prometheus text."""
+    """Request counts and latency sums per API, model and status; batch sizes per model.
 
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._counts: dict[tuple[str, str, str], int] = {}
-        self._seconds: dict[tuple[str, str], float] = {}
+    prometheus_client writes the exposition (and escapes label values). The label values come
+    from closed sets only: the API (`grpc`, `rest`), the status code's name, and the model name
+    when the server knows that model (`other` for any name a request makes up), so a client can
+    neither inject a line nor add a series per request.
+    """
+
+    def __init__(self, known_models: Callable[[], Iterable[str]]):
+        self._known_models = known_models
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._count = Counter("cityseg_serving_request_count",
+                              "Predict requests by API, model and status code.",
+                              ("api", "model_name", "status"), registry=self.registry)
+        self._seconds = Counter("cityseg_serving_request_seconds",
+                                "Time spent answering Predict requests, by API and model.",
+                                ("api", "model_name"), registry=self.registry)
+        self._batch_size = Histogram("cityseg_serving_batch_size",
+                                     "Rows (images) per call of a signature that batching merged.",
+                                     ("model_name",), buckets=BATCH_SIZE_BUCKETS,
+                                     registry=self.registry)
 
     def observe(self, api: str, model: str, code: grpc.StatusCode, seconds: float) -> None:
-        with self._lock:
-            key = (api, model, code.name)
-            self._counts[key] = self._counts.get(key, 0) + 1
-            self._seconds[(api, model)] = self._seconds.get((api, model), 0.0) + seconds
+        model = model if model in self._known_models() else OTHER_LABEL
+        self._count.labels(api, model, code.name).inc()
+        self._seconds.labels(api, model).inc(seconds)
 
-    def render(self) -> str:
-        with self._lock:
-            lines = ["# TYPE cityseg_serving_request_count counter"]
-            lines += [f'cityseg_serving_request_count{{api="{a}",model_name="{m}",'
-                      f'status="{c}"}} {n}' for (a, m, c), n in sorted(self._counts.items())]
-            lines.append("# TYPE cityseg_serving_request_seconds_total counter")
-            lines += [f'cityseg_serving_request_seconds_total{{api="{a}",model_name="{m}"}} '
-                      f'{s:.6f}' for (a, m), s in sorted(self._seconds.items())]
-        return "\n".join(lines) + "\n"
+    def observe_batch(self, model: str, rows: int) -> None:
+        """Records one merged call (the model is a loaded one: its name is a known label)."""
+        self._batch_size.labels(model).observe(rows)
+
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """(body, content type) in the format the scraper's Accept header asks for."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
 
 
 class ServerHandle:
     """A running server: its ports, its registry, and `stop()`."""
 
     def __init__(self, options: ServerOptions):
+        # Imported here, not at the top, so that `cityseg-serve --help` and flag errors answer
+        # without loading TensorFlow (these modules import it); no cycle hides behind this.
         from serving.grpc_service import add_services
         from serving.registry import ModelRegistry
         from serving.rest import RestApi, make_http_server
 
         self.options = options
-        self.metrics = Metrics()
+        # Each needs the other: the metrics label only the registry's model names, and the
+        # registry's batchers report their batch sizes to the metrics.
+        self.metrics = Metrics(lambda: self.registry.names())
         self.registry = ModelRegistry(options.model_configs, models_dir=options.models_dir,
                                       batching=options.batching,
-                                      unload_grace_s=options.unload_grace_s)
+                                      unload_grace_s=options.unload_grace_s,
+                                      on_batch=self.metrics.observe_batch)
         message_options = [("grpc.max_send_message_length", options.max_message_bytes),
                            ("grpc.max_receive_message_length", options.max_message_bytes)]
         self._grpc = grpc.server(

@@ -14,6 +14,7 @@ import pytest
 
 from cityseg import vocabulary as V
 from serving import client as C
+from serving import protocol
 from serving import wire_pb2 as W
 
 
@@ -253,15 +254,34 @@ def test_rest_client_reads_both_binary_forms(encoded):
                     "instances": [{V.INPUT_KEY: {"b64": base64.b64encode(b"img").decode()}}]}
 
 
-def test_rest_client_maps_http_errors():
-    fake = FakeRest(status=404)
+@pytest.mark.parametrize("status, error, code", [
+    (404, C.ServingNotFound, grpc.StatusCode.NOT_FOUND),
+    (400, C.ServingInvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (503, C.ServingUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (504, C.ServingTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (403, C.ServingError, grpc.StatusCode.PERMISSION_DENIED),
+    (418, C.ServingError, grpc.StatusCode.UNKNOWN),
+])
+def test_rest_client_maps_http_errors(status, error, code):
+    fake = FakeRest(status=status)
     try:
-        with pytest.raises(C.ServingNotFound) as caught:
-            C.RestClient(fake.url, timeout_s=5).predict([b"img"], model="x", version=2)
+        with pytest.raises(error) as caught:
+            C.RestClient(fake.url, timeout_s=5, retries=0).predict([b"img"], model="x",
+                                                                    version=2)
     finally:
         fake.close()
+    assert caught.value.code == code
     assert "Servable not found" in str(caught.value)
     assert fake.requests[0][1] == "/v1/models/x/versions/2:predict"
+
+
+def test_http_status_table_reads_back_to_the_same_status():
+    # What the server answers for any code, the client reads as a code answered the same way.
+    for code in grpc.StatusCode:
+        assert protocol.http_status(protocol.status_code(protocol.http_status(code))) == \
+            protocol.http_status(code), code
+    assert protocol.status_code(400) == grpc.StatusCode.INVALID_ARGUMENT  # not OUT_OF_RANGE
+    assert protocol.status_code(408) == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def test_rest_client_timeout():

@@ -264,20 +264,40 @@ def test_version_labels_route_to_their_versions(config_server):
         assert client.predict([image], model=LABELLED).model_version == 2
 
 
-def test_batching_server_answers_concurrent_requests_and_exports_metrics(config_server):
+def scrape(server) -> dict[tuple[str, frozenset], float]:
+    """{(sample name, labels): value} from the server's Prometheus endpoint."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://localhost:{server.rest_port}{cfg.DEFAULT_PROMETHEUS_PATH}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_batching_merges_concurrent_requests_and_gives_each_its_own_rows(config_server):
     from concurrent.futures import ThreadPoolExecutor
 
     images = [_png(size) for size in (5, 9, 13, 17, 21, 25)]
+    batch = frozenset({"model_name": "unet"}.items())
     with C.GrpcClient(f"localhost:{config_server.grpc_port}") as client:
-        with ThreadPoolExecutor(6) as pool:
-            results = list(pool.map(lambda i: client.predict([i], model="unet"), images))
         alone = [client.predict([i], model="unet").masks[0] for i in images]
-    assert [r.masks[0] for r in results] == alone  # batching gives each request its own rows
-    url = f"http://localhost:{config_server.rest_port}{cfg.DEFAULT_PROMETHEUS_PATH}"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    count = re.search(r'request_count\{api="grpc",model_name="unet",status="OK"\} (\d+)', text)
-    assert count and int(count.group(1)) >= 12
+        # Six callers at once, a few rounds: with batching_parameters.txt (5 ms) some requests
+        # share one call of the signature. Without batching there is no merged call at all.
+        merged = False
+        with ThreadPoolExecutor(len(images)) as pool:
+            for _ in range(20):
+                results = list(pool.map(lambda i: client.predict([i], model="unet"), images))
+                assert [r.masks[0] for r in results] == alone  # each request got its own rows
+                samples = scrape(config_server)
+                rows = samples.get(("cityseg_serving_batch_size_sum", batch), 0)
+                calls = samples.get(("cityseg_serving_batch_size_count", batch), 0)
+                if rows > calls:  # some call ran more than one image
+                    merged = True
+                    break
+    assert merged, f"no merged call: {calls:g} calls of {rows:g} images"
+    ok = frozenset({"api": "grpc", "model_name": "unet", "status": "OK"}.items())
+    assert samples[("cityseg_serving_request_count_total", ok)] >= 2 * len(images)
 
 
 def _png(size: int = 10) -> bytes:

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import grpc
@@ -18,6 +19,8 @@ from cityseg import vocabulary as V
 from serving import client as C
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+METRICS_PATH = "/monitoring/prometheus/metrics"
 
 
 def png(height: int, width: int, seed: int = 0, noise: bool = False) -> bytes:
@@ -56,7 +59,7 @@ def models_dir(tmp_path_factory):
 def server(models_dir):
     from serving.server import start_server
 
-    handle = start_server(models_dir, poll_wait_s=0.2)
+    handle = start_server(models_dir, poll_wait_s=0.2, monitoring_path=METRICS_PATH)
     yield handle
     handle.stop()
 
@@ -250,6 +253,53 @@ def test_rest_client_predict_and_status(rest_client, models_dir):
         rest_client.predict(images, model="nope")
     with pytest.raises(C.ServingInvalidArgument):
         rest_client.predict([b"garbage"], model="tiny")
+
+
+# --- monitoring ----------------------------------------------------------------------------
+
+def scrape(server) -> tuple[str, dict[tuple[str, frozenset], float]]:
+    """The exposition text, and {(sample name, labels): value} parsed from it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://localhost:{server.rest_port}{METRICS_PATH}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    samples = {(s.name, frozenset(s.labels.items())): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    return text, samples
+
+
+def request_count(samples, api: str, model: str, status: str) -> float:
+    labels = frozenset({"api": api, "model_name": model, "status": status}.items())
+    return samples.get(("cityseg_serving_request_count_total", labels), 0.0)
+
+
+def test_metrics_label_only_served_models_and_take_no_injected_lines(server, grpc_client):
+    evil = 'x"} 1\nevil_injected_metric{a="b'
+    _, before = scrape(server)
+    with pytest.raises(C.ServingNotFound):
+        grpc_client.predict([png(8, 8)], model=evil)
+    for index in range(25):  # made-up names: no series of their own
+        with pytest.raises(C.ServingNotFound):
+            grpc_client.predict([png(8, 8)], model=f"random-{index}-{time.time_ns()}")
+    quoted = urllib.parse.quote(evil, safe="")
+    assert http(server, "POST", f"/v1/models/{quoted}:predict",
+                {"instances": [{"b64": ""}]})[0] == 404
+    grpc_client.predict([png(8, 8)], model="tiny")
+    text, after = scrape(server)
+
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert all(line.startswith("cityseg_serving_") for line in lines), lines
+    assert "evil_injected_metric" not in text
+    models = {dict(labels).get("model_name") for _, labels in after} - {None}
+    assert models <= {"tiny", "swap", "empty", "other"}
+    def added(*labels: str) -> float:
+        return request_count(after, *labels) - request_count(before, *labels)
+
+    assert added("grpc", "other", "NOT_FOUND") == 26
+    assert added("rest", "other", "NOT_FOUND") == 1
+    assert added("grpc", "tiny", "OK") == 1
 
 
 # --- full resolution -----------------------------------------------------------------------
