@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -15,6 +17,8 @@ from cityseg.cli import CliError, HelpFormatter, run_cli, setup_logging
 log = logging.getLogger("cityseg-proxy")
 
 PROG = "cityseg-proxy"
+# prometheus_client's switch to its multi-process mode (a folder shared by the workers).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # gunicorn kills a worker that stays silent this much longer than the gRPC deadline, so a slow
 # model answers 504 through the handler instead of the worker being killed mid-request.
 WORKER_TIMEOUT_MARGIN_S = 20
@@ -119,23 +123,60 @@ def parse_config(argv: Sequence[str] | None) -> tuple[ProxyConfig, bool]:
 def _main(argv: Sequence[str] | None) -> int:
     config, verbose = parse_config(argv)
     setup_logging(verbose)
-    from proxy.app import create_app
-
-    # Built once here so a missing manifest or a bad address fails now, in one line, rather
-    # than in every gunicorn worker.
-    app = create_app(config.app_config())
-    log.info("serving %d image ids; model %s at %s", len(app.extensions["cityseg_resolver"]),
-             config.model, config.serving)
+    _check(config)
     if config.debug:
+        from proxy.app import create_app
+
         log.info("development server on http://%s:%d/", config.host, config.port)
-        app.run(host=config.host, port=config.port, debug=True, threaded=True)
+        create_app(config.app_config()).run(host=config.host, port=config.port, debug=True,
+                                            threaded=True)
         return 0
-    run_gunicorn(config)
+    # prometheus_client picks its multi-process mode when it is first imported, so its folder
+    # is set before anything imports it in this master process, whose imports the workers
+    # inherit. A fresh folder: old files would add old counts.
+    previous = os.environ.get(MULTIPROC_ENV)
+    master = os.getpid()
+    os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="cityseg-proxy-metrics-")
+    try:
+        run_gunicorn(config)
+    finally:
+        # gunicorn's workers are forks of this process and leave through this frame too
+        # (SystemExit): only the master removes the folder.
+        if os.getpid() == master:
+            shutil.rmtree(os.environ[MULTIPROC_ENV], ignore_errors=True)
+            if previous is None:
+                del os.environ[MULTIPROC_ENV]
+            else:
+                os.environ[MULTIPROC_ENV] = previous
     return 0
 
 
+def _check(config: ProxyConfig) -> None:
+    """Checks the settings and reads the manifest once here, so that a mistake fails now, in
+    one line, rather than in every gunicorn worker (without building an app: see _main)."""
+    from proxy.resolver import Resolver
+    from proxy.settings import load_settings
+
+    settings = load_settings(config.app_config())
+    resolver = Resolver.from_data_dir(settings["DATA_DIR"], settings["RAW_ROOT"])
+    log.info("serving %d image ids; model %s at %s", len(resolver), config.model, config.serving)
+
+
+def _worker_exited(server, worker) -> None:
+    """gunicorn's child_exit hook: prometheus_client's book-keeping for a dead worker."""
+    # Not at the top of the module: prometheus_client must be imported after _main has set
+    # MULTIPROC_ENV (see there).
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
 def run_gunicorn(config: ProxyConfig) -> None:
-    """Runs the app under gunicorn: `workers` processes x `threads` threads (gthread)."""
+    """Runs the app under gunicorn: `workers` processes x `threads` threads (gthread).
+
+    `PROMETHEUS_MULTIPROC_DIR` must name an empty folder before this process imports
+    prometheus_client (`_main` makes a fresh one), so that `/metrics` adds up all workers.
+    """
     from gunicorn.app.base import BaseApplication
 
     class ProxyApplication(BaseApplication):
@@ -148,11 +189,15 @@ def run_gunicorn(config: ProxyConfig) -> None:
                 "timeout": int(config.timeout_s) + WORKER_TIMEOUT_MARGIN_S,
                 "graceful_timeout": 10,
                 "accesslog": "-",
+                # gunicorn's default line with the worker's pid: which process answered.
+                "access_log_format": '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s '
+                                     '"%(f)s" "%(a)s" pid=%(p)s',
                 "errorlog": "-",
                 "proc_name": PROG,
                 # Each worker builds its own app after the fork: gRPC channels must not be
                 # shared across fork.
                 "preload_app": False,
+                "child_exit": _worker_exited,
             }
             for key, value in options.items():
                 self.cfg.set(key, value)

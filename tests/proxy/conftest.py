@@ -234,6 +234,31 @@ def proxy_app_factory(dataset):
         app.extensions["cityseg_gateway"].close()
 
 
+class Exposition:
+    """A Prometheus exposition, parsed by prometheus_client's own parser."""
+
+    def __init__(self, text: str):
+        from prometheus_client.parser import text_string_to_metric_families
+
+        self.text = text
+        self.samples = [(sample.name, sample.labels, sample.value)
+                        for family in text_string_to_metric_families(text)
+                        for sample in family.samples]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sample with exactly these labels (0 when there is none, as for a counter)."""
+        return next((v for n, l, v in self.samples if n == name and l == labels), 0.0)
+
+    def label_values(self, name: str, label: str) -> set[str]:
+        return {l[label] for n, l, _ in self.samples if n == name}
+
+
+@pytest.fixture(scope="session")
+def exposition():
+    """Returns `Exposition`: `exposition(text).value("name_total", method="GET")`."""
+    return Exposition
+
+
 @pytest.fixture(scope="session")
 def secret() -> bytes:
     """Bytes stored outside the raw root that must never appear in a response."""

@@ -1,10 +1,16 @@
 """`cityseg-proxy`: flags, one-line errors, and a real gunicorn run."""
 from __future__ import annotations
 
+import collections
+import random
+import re
 import signal
+import string
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -46,26 +52,38 @@ def test_environment_variables_are_the_defaults(monkeypatch, dataset):
         str(data_dir), str(raw_root), "tiny", 5123, 3)
 
 
-@pytest.mark.slow
-def test_gunicorn_serves_the_api(dataset, serving, free_tcp_port):
+def start_proxy(dataset, serving, port: int, *flags: str, output=subprocess.PIPE):
+    """`cityseg-proxy` (gunicorn) in a subprocess; returns it once /healthz answers 200."""
     data_dir, raw_root, _ = dataset
-    url = f"http://127.0.0.1:{free_tcp_port}"
     process = subprocess.Popen(
         [sys.executable, "-m", "proxy.cli", "--data-dir", str(data_dir), "--raw-root",
          str(raw_root), "--serving", f"127.0.0.1:{serving.grpc_port}", "--model", "tiny",
-         "--port", str(free_tcp_port), "--workers", "1", "--threads", "4"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         "--port", str(port), *flags],
+        stdout=output, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 90
+    while True:
+        assert process.poll() is None, (process.communicate()[0] or "")[-2000:]
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return process
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, "gunicorn did not answer within 90 s"
+        time.sleep(0.5)
+
+
+def stop_proxy(process) -> str:
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=30)[0] or ""
+    assert process.returncode == 0, output[-2000:]
+    return output
+
+
+@pytest.mark.slow
+def test_gunicorn_serves_the_api(dataset, serving, free_tcp_port):
+    url = f"http://127.0.0.1:{free_tcp_port}"
+    process = start_proxy(dataset, serving, free_tcp_port, "--workers", "1", "--threads", "4")
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, process.communicate()[0][-2000:]
-            try:
-                if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "gunicorn did not answer within 90 s"
-            time.sleep(0.5)
         assert requests.get(f"{url}/readyz", timeout=10).status_code == 200
         response = requests.get(f"{url}/api/v1/images/frankfurt_000000_000294/segmentation",
                                 timeout=30)
@@ -73,7 +91,48 @@ def test_gunicorn_serves_the_api(dataset, serving, free_tcp_port):
         assert response.json()["model"] == {"name": "tiny", "version": 1}
         assert requests.get(f"{url}/api/v1/images/..%2f/image.png", timeout=10).status_code == 400
     finally:
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=30)[0]
-    assert process.returncode == 0, output[-2000:]
+        output = stop_proxy(process)
     assert "gthread" in output or "Booting worker" in output
+
+
+def healthz_pids(log: Path) -> collections.Counter:
+    """How many `GET /healthz` each worker answered, from the access log (pid=...)."""
+    return collections.Counter(re.findall(r'"GET /healthz HTTP/1.1" 200 .* pid=<(\d+)>$',
+                                          log.read_text(), re.M))
+
+
+@pytest.mark.slow
+def test_gunicorn_metrics_add_up_both_workers(dataset, serving, free_tcp_port, tmp_path,
+                                              exposition):
+    url = f"http://127.0.0.1:{free_tcp_port}"
+    log = tmp_path / "proxy.log"
+    folders_before = set(Path(tempfile.gettempdir()).glob("cityseg-proxy-metrics-*"))
+    with open(log, "w") as output:
+        process = start_proxy(dataset, serving, free_tcp_port, "--workers", "2", "--threads",
+                              "2", output=output)
+    try:
+        # Each call on a new connection; go on until the log shows that both workers answered.
+        sent = 1  # start_proxy's last /healthz
+        while len(healthz_pids(log)) < 2:
+            for _ in range(10):
+                assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+            sent += 10
+            assert sent < 500, f"one worker answered all {sent} requests"
+        rng = random.Random(25)
+        for _ in range(25):  # made-up methods: one `other` series, not 25
+            method = "".join(rng.choices(string.ascii_uppercase, k=10))
+            assert requests.request(method, f"{url}/healthz", timeout=10).status_code == 405
+        requests_total = "cityseg_proxy_requests_total"
+        for _ in range(4):  # whichever worker answers the scrape shows both workers' counts
+            metrics = exposition(requests.get(f"{url}/metrics", timeout=10).text)
+            assert metrics.value(requests_total, method="GET", route="/healthz",
+                                 status="200") == sent
+            assert metrics.value(requests_total, method="other", route="unmatched",
+                                 status="405") == 25
+            assert metrics.label_values(requests_total, "method") <= {"GET", "other"}
+        per_worker = healthz_pids(log)
+    finally:
+        stop_proxy(process)
+    assert len(per_worker) == 2 and all(0 < n < sent for n in per_worker.values()), per_worker
+    # The multi-process folder was a fresh one, and it is gone.
+    assert set(Path(tempfile.gettempdir()).glob("cityseg-proxy-metrics-*")) <= folders_before

@@ -4,6 +4,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import random
+import string
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from cityscapesscripts.helpers.labels import id2label
 from PIL import Image
 
 from cityseg import vocabulary as V
+from proxy.telemetry import KNOWN_METHODS
 
 LABELLED = "frankfurt_000000_000294"
 UNLABELLED = "berlin_000000_000001"
@@ -305,15 +308,28 @@ def test_serving_deadline_is_504(proxy_app_factory, serving):
     assert_json_error(app.test_client().get(f"{BASE}/segmentation"), 504)
 
 
-def test_metrics_count_requests_by_route_template(client):
+def test_metrics_count_requests_by_route_template(client, exposition):
     client.get("/healthz")
     client.get(f"/api/v1/images/{UNKNOWN}/image.png")
-    text = client.get("/metrics").get_data(as_text=True)
-    assert 'cityseg_proxy_requests_total{method="GET",route="/healthz",status="200"} 1' in text
-    assert ('cityseg_proxy_requests_total{method="GET",'
-            'route="/api/v1/images/<path:image_id>/image.png",status="404"} 1') in text
-    assert UNKNOWN not in text  # ids never become labels
-    assert 'cityseg_proxy_request_duration_seconds_count{route="/healthz"} 1' in text
+    metrics = exposition(client.get("/metrics").get_data(as_text=True))
+    requests = "cityseg_proxy_requests_total"
+    assert metrics.value(requests, method="GET", route="/healthz", status="200") == 1
+    assert metrics.value(requests, method="GET", route="/api/v1/images/<path:image_id>/image.png",
+                         status="404") == 1
+    assert UNKNOWN not in metrics.text  # ids never become labels
+    assert metrics.value("cityseg_proxy_request_duration_seconds_count", route="/healthz") == 1
+
+
+def test_metrics_count_made_up_methods_as_one_other_series(client, exposition):
+    rng = random.Random(12)
+    methods = {"".join(rng.choices(string.ascii_uppercase, k=8)) for _ in range(25)}
+    assert len(methods) == 25
+    for method in methods:
+        assert client.open("/healthz", method=method).status_code == 405
+    metrics = exposition(client.get("/metrics").get_data(as_text=True))
+    requests = "cityseg_proxy_requests_total"
+    assert metrics.label_values(requests, "method") <= KNOWN_METHODS | {"other"}
+    assert metrics.value(requests, method="other", route="unmatched", status="405") == 25
 
 
 def test_page_lists_the_model_and_legend(client):
