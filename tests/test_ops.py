@@ -1,10 +1,10 @@
-"""training.ops: padding to the stride and the working size, at odd sizes and 1x1 borders."""
+"""cityseg.ops: padding to the stride and the working size, at odd sizes and 1x1 borders."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from cityseg import ops
 from cityseg import vocabulary as V
-from training import ops
 
 
 @pytest.mark.parametrize("size,multiple,expected", [

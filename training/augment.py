@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from cityseg import ops
 from cityseg import vocabulary as V
-from training import ops
 
-# What the model sees where a rotation uncovers no image: the padding value of training/ops.
+# What the model sees where a rotation uncovers no image: the padding value of cityseg/ops.
 NEUTRAL_IMAGE_VALUE = ops.PAD_IMAGE_VALUE
 _BLUR_RADIUS = 4  # kernel of 2 * 4 + 1 = 9 taps covers +-3 sigma for sigma <= 1.5
 

@@ -26,8 +26,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from cityseg import ops
 from cityseg import vocabulary as V
-from training import ops
 
 # Moving statistics follow the batches faster than Keras' default 0.99 (PyTorch's default,
 # 0.1 there, is this 0.9): short CPU runs take a few hundred steps, and with 0.99 the
