@@ -191,13 +191,13 @@ def parse_image_id(text: str) -> ImageId:
 def image_path(split: str, image_id: ImageId | str) -> PurePosixPath:
     """Relative path of a camera image under a Cityscapes root."""
     image_id = _as_id(image_id)
-    return PurePosixPath(IMAGE_DIR, _check_split(split), image_id.city, f"{image_id}{IMAGE_SUFFIX}")
+    return PurePosixPath(IMAGE_DIR, check_split(split), image_id.city, f"{image_id}{IMAGE_SUFFIX}")
 
 
 def label_path(split: str, image_id: ImageId | str) -> PurePosixPath:
     """Relative path of a fine labelIds mask under a Cityscapes root."""
     image_id = _as_id(image_id)
-    return PurePosixPath(LABEL_DIR, _check_split(split), image_id.city, f"{image_id}{LABEL_SUFFIX}")
+    return PurePosixPath(LABEL_DIR, check_split(split), image_id.city, f"{image_id}{LABEL_SUFFIX}")
 
 
 def id_from_filename(filename: str, suffix: str) -> ImageId:
@@ -215,7 +215,13 @@ def _as_id(image_id: ImageId | str) -> ImageId:
     return image_id if isinstance(image_id, ImageId) else parse_image_id(image_id)
 
 
-def _check_split(split: str) -> str:
+def check_split(split: str) -> str:
+    """Returns `split` if it is one of SPLITS: the one check every stage makes of a split name.
+
+    Raises:
+      ValueError: `unknown split 'x' (expected one of train, val, test)`; command lines print
+        it as their one-line error (`cityseg.cli.run_cli`), the proxy as a 400.
+    """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
     return split

@@ -30,6 +30,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 
 from cityseg import cli
 from cityseg import images as image_checks
+from cityseg import raw
+from cityseg import stats as stats_json
 from cityseg import vocabulary as vocab
 from preprocessing import records
 
@@ -81,10 +83,11 @@ class PreprocessConfig:
     def __post_init__(self):
         if not self.splits:
             raise cli.CliError("--splits is empty")
-        unknown = [s for s in self.splits if s not in vocab.SPLITS]
-        if unknown:
-            raise cli.CliError(
-                f"unknown split {unknown[0]!r} (expected some of {','.join(vocab.SPLITS)})")
+        for split in self.splits:
+            try:
+                vocab.check_split(split)
+            except ValueError as err:
+                raise cli.CliError(str(err)) from None
         if self.num_shards is not None and self.num_shards < 1:
             raise cli.CliError(f"--num-shards must be at least 1, not {self.num_shards}")
         if self.max_pixels < 1:
@@ -120,17 +123,17 @@ class EncodePairFn(beam.DoFn):
         self._accepted = {split: Metrics.counter(METRICS_NAMESPACE, f"accepted_{split}")
                           for split in vocab.SPLITS}
         self._rejected = {reason: Metrics.counter(METRICS_NAMESPACE, f"rejected_{reason}")
-                          for reason in records.REASONS}
+                          for reason in raw.REASONS}
         self._seen = 0
 
-    def process(self, pair: records.Pair):
+    def process(self, pair: raw.Pair):
         self._seen += 1
         if self._seen % PROGRESS_EVERY == 0:
             logging.info("worker %d: %d pairs processed", os.getpid(), self._seen)
         try:
             encoded = records.encode_pair(self._input_root, pair, self._image_size,
                                           self._max_pixels)
-        except records.RejectedInput as err:
+        except raw.RejectedInput as err:
             self._rejected[err.reason].inc()
             yield beam.pvalue.TaggedOutput(REJECTED, err.to_reject(pair))
             return
@@ -238,13 +241,13 @@ class WriteSortedJsonLines(beam.PTransform):
                 | "Write" >> beam.Map(write_jsonl, self._path, self._splits, self._key_fields))
 
 
-def _count_discovery_reject(reject: records.Reject) -> records.Reject:
+def _count_discovery_reject(reject: raw.Reject) -> raw.Reject:
     Metrics.counter(METRICS_NAMESPACE, f"rejected_{reject.reason}").inc()
     return reject
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig,
-                   pairs: Sequence[records.Pair], rejects: Sequence[records.Reject],
+                   pairs: Sequence[raw.Pair], rejects: Sequence[raw.Reject],
                    num_shards: dict[str, int], staging_dir: str) -> None:
     """Adds the job's stages to `pipeline` (discovery already ran on the launcher)."""
     out = config.output_dir
@@ -285,8 +288,7 @@ def write_stats(per_split: dict[str, dict], config: PreprocessConfig) -> str:
     path = posixpath.join(config.output_dir, vocab.STATS_FILE)
     splits = {}
     if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path, "r") as handle:
-            earlier = json.load(handle)
+        earlier = _read_stats(path)
         splits = {name: earlier[name] for name in vocab.SPLITS if name in earlier}
     for split in config.splits:
         splits[split] = per_split.get(split, records.split_stats(()))
@@ -294,6 +296,12 @@ def write_stats(per_split: dict[str, dict], config: PreprocessConfig) -> str:
     records.write_atomically(path, [(json.dumps(document, indent=2, sort_keys=True) + "\n")
                                     .encode("utf-8")])
     return path
+
+
+def _read_stats(path: str) -> dict:
+    # Through tf.io.gfile, so that DATA may be a gs:// bucket; parsed by the one stats reader.
+    with tf.io.gfile.GFile(path, "r") as handle:
+        return stats_json.parse_stats(handle.read(), path)
 
 
 def _read_bytes(path: str) -> bytes:
@@ -474,9 +482,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> Su
 
 def _summarise(config: PreprocessConfig, num_shards: dict[str, int],
                removed: list[str]) -> Summary:
-    with tf.io.gfile.GFile(posixpath.join(config.output_dir, vocab.STATS_FILE)) as f:
-        splits = json.load(f)
-    rows = records.read_jsonl(posixpath.join(config.output_dir, vocab.REJECTED_FILE))
+    splits = _read_stats(posixpath.join(config.output_dir, vocab.STATS_FILE))
+    rows = raw.read_jsonl(posixpath.join(config.output_dir, vocab.REJECTED_FILE))
     reasons = collections.Counter(row["reason"] for row in rows if row["split"] in config.splits)
     return Summary(config.output_dir,
                    {split: splits[split]["images"] for split in config.splits},

@@ -2,8 +2,10 @@
 
 Every function here handles one file, one pair or one shard and knows nothing about Beam, so it
 is tested with plain pytest and reused as is by the Beam transforms in preprocessing/pipeline.py
-and by benchmarks/preprocess_bench.py. Expected problems with one input raise `RejectedInput`
-with a reason from `REASONS`; the pipeline turns that into a dead-letter line.
+and by benchmarks/preprocess_bench.py. Reading and checking one raw pair is `cityseg.raw`'s
+(the evaluator reads pairs the same way); expected problems with one input raise
+`raw.RejectedInput` with a reason from `raw.REASONS`, which the pipeline turns into a
+dead-letter line.
 
 File access goes through `tf.io.gfile` so that the same code reads and writes local paths and
 `gs://` buckets when the job runs on Dataflow.
@@ -22,75 +24,19 @@ import numpy as np
 import tensorflow as tf
 
 from cityseg import images as image_checks
+from cityseg import ops
 from cityseg import vocabulary as vocab
-from training import ops
+from cityseg.raw import (
+    BAD_FILENAME, IMAGE_WITHOUT_LABEL, LABEL_WITHOUT_IMAGE, Pair, Reject, load_pair, read_jsonl,
+    to_category_mask,
+)
+from cityseg.stats import CLASS_WEIGHTS_METHOD, split_class_weights
 
 # Half the Cityscapes resolution (2048x1024): what the trainers read by default.
 DEFAULT_IMAGE_SIZE: tuple[int, int] = (512, 1024)
 # ~100 images per shard is ~80-100 MB of PNG at 512x1024, inside the 10 MB..1 GB range that
 # keeps tf.data reads sequential and still gives the trainers enough files to interleave.
 IMAGES_PER_SHARD = 100
-
-# --- Reasons an input is rejected (dead-letter `reason`, one Beam counter each) -----------
-BAD_FILENAME = "bad_filename"
-IMAGE_WITHOUT_LABEL = "image_without_label"
-LABEL_WITHOUT_IMAGE = "label_without_image"
-UNREADABLE = "unreadable_file"
-EMPTY_FILE = "empty_file"
-CORRUPT_PNG = "corrupt_png"
-OVER_PIXEL_BUDGET = "over_pixel_budget"
-SIZE_MISMATCH = "size_mismatch"
-BAD_LABEL_FORMAT = "bad_label_format"
-UNKNOWN_LABEL_IDS = "unknown_label_ids"
-REASONS: tuple[str, ...] = (
-    BAD_FILENAME, IMAGE_WITHOUT_LABEL, LABEL_WITHOUT_IMAGE, UNREADABLE, EMPTY_FILE,
-    CORRUPT_PNG, OVER_PIXEL_BUDGET, SIZE_MISMATCH, BAD_LABEL_FORMAT, UNKNOWN_LABEL_IDS,
-)
-
-# PNG IHDR colour type 0 = greyscale; a labelIds mask is 8-bit greyscale, anything else
-# (RGB colour masks, 16-bit, palette) would be silently reinterpreted by a decoder.
-_PNG_GREYSCALE = 0
-
-
-@dataclass(frozen=True, order=True)
-class Pair:
-    """An image and its labelIds mask found under the raw root (paths relative to it)."""
-
-    split: str
-    image_id: str
-    city: str
-    image: str
-    label: str
-
-
-@dataclass(frozen=True, order=True)
-class Reject:
-    """One rejected input: the dead-letter line written to rejected.jsonl."""
-
-    path: str
-    reason: str
-    detail: str
-    split: str = ""
-    image_id: str | None = None
-
-    def to_json(self) -> dict:
-        """The JSON object of one rejected.jsonl line."""
-        return {"path": self.path, "image_id": self.image_id, "split": self.split,
-                "reason": self.reason, "detail": self.detail}
-
-
-class RejectedInput(Exception):
-    """One input cannot become a training example; carries the dead-letter reason."""
-
-    def __init__(self, reason: str, detail: str, path: str):
-        super().__init__(f"{path}: {reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.path = path
-
-    def to_reject(self, pair: Pair) -> Reject:
-        """The dead-letter record for `pair`."""
-        return Reject(self.path, self.reason, self.detail, pair.split, pair.image_id)
 
 
 @dataclass(frozen=True)
@@ -206,91 +152,11 @@ def _id_of(rel: str, suffix: str) -> vocab.ImageId:
 
 # --- One pair -------------------------------------------------------------------------------
 
-def read_png(input_root: str, rel: str, max_pixels: int) -> tuple[bytes, int, int]:
-    """Reads a PNG and checks its header (size, pixel budget) before anything decodes it.
-
-    Returns:
-      (data, height, width).
-
-    Raises:
-      RejectedInput: unreadable, empty, not a PNG, truncated header, or over `max_pixels`.
-    """
-    try:
-        with tf.io.gfile.GFile(posixpath.join(input_root, rel), "rb") as handle:
-            data = handle.read()
-    except (OSError, tf.errors.OpError) as err:
-        raise RejectedInput(UNREADABLE, _one_line(err), rel) from None
-    if not data:
-        raise RejectedInput(EMPTY_FILE, "file is empty", rel)
-    if image_checks.sniff_format(data) != "png":
-        raise RejectedInput(CORRUPT_PNG, "not a PNG file", rel)
-    try:
-        image_checks.image_size(data)
-    except image_checks.ImageHeaderError as err:
-        raise RejectedInput(CORRUPT_PNG, str(err), rel) from None
-    try:
-        height, width = image_checks.check_pixel_budget(data, max_pixels)
-    except image_checks.ImageHeaderError as err:
-        raise RejectedInput(OVER_PIXEL_BUDGET, str(err), rel) from None
-    return data, height, width
-
-
-def load_pair(input_root: str, pair: Pair, max_pixels: int = image_checks.DEFAULT_MAX_PIXELS,
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Reads, validates and decodes one pair.
-
-    Sizes and formats are checked on the headers first, so a mismatched or oversized pair is
-    rejected without decoding a pixel.
-
-    Returns:
-      (image uint8 [H, W, 3], label ids uint8 [H, W]).
-
-    Raises:
-      RejectedInput: with the reason the pair cannot be used.
-    """
-    image_data, height, width = read_png(input_root, pair.image, max_pixels)
-    label_data, label_height, label_width = read_png(input_root, pair.label, max_pixels)
-    if (label_height, label_width) != (height, width):
-        raise RejectedInput(
-            SIZE_MISMATCH,
-            f"image is {height}x{width} but its label is {label_height}x{label_width}",
-            pair.image)
-    bit_depth, colour_type = label_data[24], label_data[25]
-    if (bit_depth, colour_type) != (8, _PNG_GREYSCALE):
-        raise RejectedInput(
-            BAD_LABEL_FORMAT,
-            f"labelIds must be an 8-bit greyscale PNG (bit depth {bit_depth}, "
-            f"colour type {colour_type})", pair.label)
-    image = _decode(image_data, 3, pair.image)
-    label = _decode(label_data, 1, pair.label)[..., 0]
-    return image, label
-
-
-def _decode(data: bytes, channels: int, rel: str) -> np.ndarray:
-    try:
-        return tf.io.decode_png(data, channels=channels, dtype=tf.uint8).numpy()
-    except tf.errors.InvalidArgumentError as err:
-        raise RejectedInput(CORRUPT_PNG, _one_line(err.message), rel) from None
-
-
-def to_category_mask(label_ids: np.ndarray, rel: str = "") -> np.ndarray:
-    """Maps a labelIds mask to category ids 0..7 (cityseg.vocabulary.remap_labels).
-
-    Raises:
-      RejectedInput: `unknown_label_ids` if a value is outside the official table; such a
-        mask is corrupt and is never mapped to a guess.
-    """
-    try:
-        return vocab.remap_labels(label_ids)
-    except vocab.InvalidLabelError as err:
-        raise RejectedInput(UNKNOWN_LABEL_IDS, str(err), rel) from None
-
-
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: tuple[int, int] | None,
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Resizes an image and its category mask to `size` (None keeps the native size).
 
-    The image goes through training.ops.resize_image (area when shrinking, bilinear when
+    The image goes through cityseg.ops.resize_image (area when shrinking, bilinear when
     enlarging), rounded back to uint8; the mask through resize_label (nearest, always), so
     that records hold exactly what the training and serving graphs would compute.
     """
@@ -354,9 +220,9 @@ def encode_pair(input_root: str, pair: Pair, image_size: tuple[int, int] | None,
     """The whole per-pair work: load, validate, remap, resize, PNG-encode, serialise.
 
     Raises:
-      RejectedInput: with the reason the pair cannot be used.
+      cityseg.raw.RejectedInput: with the reason the pair cannot be used.
     """
-    image, label_ids = load_pair(input_root, pair, max_pixels)
+    _, image, label_ids = load_pair(input_root, pair, max_pixels)
     original_size = image.shape[:2]
     mask = to_category_mask(label_ids, pair.label)
     image, mask = resize_pair(image, mask, image_size)
@@ -446,32 +312,6 @@ def remove_stale_shards(output_dir: str, split: str, num_shards: int) -> list[st
 
 # --- Summaries ------------------------------------------------------------------------------
 
-def class_weights(category_pixels: Sequence[int], category_image_pixels: Sequence[int],
-                  ) -> list[float]:
-    """Median-frequency class weights (Eigen & Fergus, 2015) from training-set counts.
-
-    freq(c) = pixels of c / pixels of the images in which c appears, and
-    weight(c) = median(freq) / freq(c): the median category weighs 1, rare ones (human,
-    object) more, dominant ones (flat, construction) less. A category absent from the
-    training set gets 0 (nothing to learn from it), and the median is taken over the present
-    ones.
-    """
-    pixels = np.asarray(category_pixels, dtype=np.float64)
-    image_pixels = np.asarray(category_image_pixels, dtype=np.float64)
-    present = (pixels > 0) & (image_pixels > 0)
-    if not present.any():
-        return [0.0] * len(pixels)
-    freq = np.zeros_like(pixels)
-    freq[present] = pixels[present] / image_pixels[present]
-    median = float(np.median(freq[present]))
-    weights = np.zeros_like(pixels)
-    weights[present] = median / freq[present]
-    return [round(float(w), 6) for w in weights]
-
-
-CLASS_WEIGHTS_METHOD = "median_frequency"
-
-
 def split_stats(category_pixels: Iterable[Sequence[int]]) -> dict:
     """Sums image and per-category pixel counts of one split (the Beam combine adds these up).
 
@@ -506,11 +346,9 @@ def merge_split_stats(parts: Iterable[dict]) -> dict:
 
 def stats_document(splits: dict[str, dict], image_size: tuple[int, int] | None) -> dict:
     """The stats.json document: one entry per split (the contract's layout:
-    `stats[split]["images"]`, `stats[split]["category_pixels"]`) and class weights derived
-    from train."""
-    train = splits.get("train")
-    weights = (class_weights(train["category_pixels"], train["category_image_pixels"])
-               if train and train["images"] else None)
+    `stats[split]["images"]`, `stats[split]["category_pixels"]`) and the class weights of
+    train (`cityseg.stats.class_weights`, the formula the trainer uses too)."""
+    weights = split_class_weights(splits, "train")
     return {
         "categories": list(vocab.CATEGORIES),
         "image_size": list(image_size) if image_size else "native",
@@ -526,14 +364,6 @@ def dumps_jsonl(rows: Iterable[dict]) -> bytes:
     return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode("utf-8")
 
 
-def read_jsonl(path: str) -> list[dict]:
-    """Reads a JSON-lines file; a missing file is empty."""
-    if not tf.io.gfile.exists(path):
-        return []
-    with tf.io.gfile.GFile(path, "r") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
 def merge_jsonl(path: str, rows: Iterable[dict], splits: Sequence[str], sort_key) -> list[dict]:
     """Rows of this run plus the lines of an earlier run's file for splits not re-run.
 
@@ -542,9 +372,4 @@ def merge_jsonl(path: str, rows: Iterable[dict], splits: Sequence[str], sort_key
     """
     kept = [row for row in read_jsonl(path) if row.get("split") not in set(splits)]
     return sorted(kept + list(rows), key=sort_key)
-
-
-def _one_line(err: object) -> str:
-    text = " ".join(str(err).split())
-    return text if len(text) <= 300 else text[:300] + "..."
 

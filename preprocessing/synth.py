@@ -34,7 +34,7 @@ import numpy as np
 from cityseg.cli import CliError, HelpFormatter, parse_size, run_cli, setup_logging
 from cityseg.images import DEFAULT_MAX_PIXELS
 from cityseg.vocabulary import (
-    LABEL_BY_NAME, SPLITS, ImageId, image_path, label_path,
+    LABEL_BY_NAME, SPLITS, ImageId, check_split, image_path, label_path,
 )
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,7 @@ class SynthConfig:
         if not self.splits:
             raise ValueError("--splits is empty (expected some of train,val,test)")
         for split in self.splits:
-            if split not in SPLITS:
-                raise ValueError(f"unknown split {split!r} (expected some of {','.join(SPLITS)})")
+            check_split(split)
         if len(set(self.splits)) != len(self.splits):
             raise ValueError(f"--splits lists a split twice: {','.join(self.splits)}")
         if not self.sizes:

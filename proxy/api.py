@@ -38,8 +38,11 @@ def list_images():
     """Ids known to the proxy, filtered by split and city, one page at a time."""
     split = request.args.get("split") or None
     city = request.args.get("city") or None
-    if split is not None and split not in V.SPLITS:
-        abort(400, f"split must be one of {', '.join(V.SPLITS)}")
+    if split is not None:
+        try:
+            V.check_split(split)
+        except ValueError as err:
+            abort(400, str(err))
     if city is not None and (len(city) > V.MAX_IMAGE_ID_LENGTH or not _CITY_RE.match(city)):
         abort(400, "city must be lower-case letters and hyphens, e.g. frankfurt")
     limit = _int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)

@@ -20,6 +20,7 @@ from apache_beam.testing import test_pipeline as beam_testing
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
+from cityseg import raw as raw_pairs
 from cityseg import vocabulary as vocab
 from preprocessing import pipeline, records
 
@@ -77,35 +78,35 @@ class RawTree:
 def _every_bad_kind(tree: RawTree) -> dict[str, str]:
     """Adds one input per rejection reason; returns {reason: path relative to the root}."""
     bad = {}
-    bad[records.BAD_FILENAME] = tree.put("leftImg8bit/train/aachen/aachen_1_2_leftImg8bit.png",
+    bad[raw_pairs.BAD_FILENAME] = tree.put("leftImg8bit/train/aachen/aachen_1_2_leftImg8bit.png",
                                          _png(np.zeros((32, 64, 3), np.uint8)))
-    bad[records.IMAGE_WITHOUT_LABEL] = tree.image("train", "aachen_000010_000019")
-    bad[records.LABEL_WITHOUT_IMAGE] = tree.label("train", "aachen_000011_000019")
-    bad[records.EMPTY_FILE] = tree.image("train", "aachen_000012_000019", data=b"")
+    bad[raw_pairs.IMAGE_WITHOUT_LABEL] = tree.image("train", "aachen_000010_000019")
+    bad[raw_pairs.LABEL_WITHOUT_IMAGE] = tree.label("train", "aachen_000011_000019")
+    bad[raw_pairs.EMPTY_FILE] = tree.image("train", "aachen_000012_000019", data=b"")
     tree.label("train", "aachen_000012_000019")
     truncated = _png(tree.rng.integers(0, 256, (32, 64, 3), dtype=np.uint8))
-    bad[records.CORRUPT_PNG] = tree.image("train", "aachen_000013_000019",
+    bad[raw_pairs.CORRUPT_PNG] = tree.image("train", "aachen_000013_000019",
                                           data=truncated[: len(truncated) // 2])
     tree.label("train", "aachen_000013_000019")
     # 64x128 = 8192 pixels, over the --max-pixels 4096 the test run sets.
-    bad[records.OVER_PIXEL_BUDGET] = tree.image("train", "aachen_000014_000019", h=64, w=128)
+    bad[raw_pairs.OVER_PIXEL_BUDGET] = tree.image("train", "aachen_000014_000019", h=64, w=128)
     tree.label("train", "aachen_000014_000019", h=64, w=128)
-    bad[records.SIZE_MISMATCH] = tree.image("train", "aachen_000015_000019")
+    bad[raw_pairs.SIZE_MISMATCH] = tree.image("train", "aachen_000015_000019")
     tree.label("train", "aachen_000015_000019", h=32, w=32)
     tree.image("val", "frankfurt_000016_000019")
-    bad[records.BAD_LABEL_FORMAT] = tree.label(
+    bad[raw_pairs.BAD_LABEL_FORMAT] = tree.label(
         "val", "frankfurt_000016_000019", data=_png(np.zeros((32, 64, 3), np.uint8)))
     tree.image("val", "frankfurt_000017_000019")
     unknown = np.full((32, 64), 7, np.uint8)
     unknown[5, 9] = 34
-    bad[records.UNKNOWN_LABEL_IDS] = tree.label("val", "frankfurt_000017_000019",
+    bad[raw_pairs.UNKNOWN_LABEL_IDS] = tree.label("val", "frankfurt_000017_000019",
                                                 data=_png(unknown))
     # A dangling symlink is listed like a file but cannot be read.
     link = tree.root / vocab.image_path("val", "frankfurt_000018_000019")
     link.symlink_to(tree.root / "nowhere.png")
     tree.label("val", "frankfurt_000018_000019")
-    bad[records.UNREADABLE] = str(vocab.image_path("val", "frankfurt_000018_000019"))
-    assert set(bad) == set(records.REASONS)
+    bad[raw_pairs.UNREADABLE] = str(vocab.image_path("val", "frankfurt_000018_000019"))
+    assert set(bad) == set(raw_pairs.REASONS)
     return bad
 
 
@@ -156,8 +157,8 @@ def test_encode_pairs_splits_accepted_from_dead_letters(raw, tmp_path):
             (split, i, records.shard_for(i, 2), True)
             for split, ids in GOOD.items() for i in ids]), label="CheckAccepted")
         reasons = out[pipeline.REJECTED] | "Reasons" >> beam.Map(lambda r: r.reason)
-        expected = [r for r in records.REASONS if r not in (
-            records.BAD_FILENAME, records.IMAGE_WITHOUT_LABEL, records.LABEL_WITHOUT_IMAGE)]
+        expected = [r for r in raw_pairs.REASONS if r not in (
+            raw_pairs.BAD_FILENAME, raw_pairs.IMAGE_WITHOUT_LABEL, raw_pairs.LABEL_WITHOUT_IMAGE)]
         assert_that(reasons, equal_to(expected), label="CheckRejected")
 
 
@@ -185,14 +186,14 @@ def first_run(raw, tmp_path_factory):
 def test_run_writes_records_manifest_stats_and_every_reject(raw, first_run):
     out, summary = first_run
     assert summary.accepted == {"train": 3, "val": 2}
-    assert summary.rejected == {reason: 1 for reason in records.REASONS}
+    assert summary.rejected == {reason: 1 for reason in raw_pairs.REASONS}
 
     rejected = [json.loads(line) for line in (out / vocab.REJECTED_FILE).read_text().splitlines()]
     assert {r["reason"]: r["path"] for r in rejected} == raw.bad
     assert all(r["detail"] for r in rejected)
     by_reason = {r["reason"]: r for r in rejected}
-    assert by_reason[records.BAD_FILENAME]["image_id"] is None
-    assert by_reason[records.SIZE_MISMATCH]["image_id"] == "aachen_000015_000019"
+    assert by_reason[raw_pairs.BAD_FILENAME]["image_id"] is None
+    assert by_reason[raw_pairs.SIZE_MISMATCH]["image_id"] == "aachen_000015_000019"
 
     manifest = [json.loads(line) for line in (out / vocab.MANIFEST_FILE).read_text().splitlines()]
     assert [(m["split"], m["image_id"]) for m in manifest] == sorted(
@@ -270,7 +271,7 @@ def test_rerunning_one_split_keeps_the_others_in_manifest_and_stats(raw, first_r
     stats = json.loads((out / vocab.STATS_FILE).read_text())
     assert stats["train"]["images"] == 3 and stats["class_weights"]
     rejected = (out / vocab.REJECTED_FILE).read_text()
-    assert raw.bad[records.SIZE_MISMATCH] in rejected  # a train reject, kept
+    assert raw.bad[raw_pairs.SIZE_MISMATCH] in rejected  # a train reject, kept
 
 
 # --- Systemic failures and the CLI ---------------------------------------------------------
@@ -287,7 +288,7 @@ def test_everything_rejected_exits_non_zero_and_still_writes_rejects(tmp_path, c
     assert err[-1].startswith("cityseg-preprocess: error: all 2 inputs were rejected")
     reasons = sorted(json.loads(line)["reason"]
                      for line in (out / vocab.REJECTED_FILE).read_text().splitlines())
-    assert reasons == [records.EMPTY_FILE, records.LABEL_WITHOUT_IMAGE]
+    assert reasons == [raw_pairs.EMPTY_FILE, raw_pairs.LABEL_WITHOUT_IMAGE]
 
 
 def test_no_input_exits_non_zero_with_one_line(tmp_path, capsys):

@@ -156,10 +156,16 @@ def test_image_and_label_paths_follow_the_cityscapes_layout():
         "gtFine/train/aachen/aachen_000003_000019_gtFine_labelIds.png")
 
 
-@pytest.mark.parametrize("split", ["training", "", "../train", "Train"])
+@pytest.mark.parametrize("split", ["training", "", "../train", "Train", None])
 def test_paths_reject_unknown_splits(split):
     with pytest.raises(ValueError, match="unknown split"):
         V.image_path(split, "frankfurt_000000_000294")
+    with pytest.raises(ValueError, match=r"expected one of train, val, test"):
+        V.check_split(split)
+
+
+def test_check_split_returns_a_known_split():
+    assert [V.check_split(split) for split in V.SPLITS] == list(V.SPLITS)
 
 
 def test_paths_reject_invalid_ids():

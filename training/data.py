@@ -20,16 +20,14 @@ PNG one-channel category mask (0..7), both of the same stored size.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import tensorflow as tf
 
+from cityseg import ops
 from cityseg import vocabulary as V
 from training import augment as augment_lib
-from training import ops
 
 AUTOTUNE = tf.data.AUTOTUNE
 DEFAULT_SHUFFLE_BUFFER = 256
@@ -59,9 +57,7 @@ def list_shards(data_dir: str | os.PathLike, split: str) -> list[str]:
       ValueError: for a split that is not one of `vocabulary.SPLITS`.
       FileNotFoundError: if the split has no shard.
     """
-    if split not in V.SPLITS:
-        raise ValueError(f"unknown split {split!r} (expected one of {', '.join(V.SPLITS)})")
-    folder = Path(data_dir) / V.TFRECORDS_DIR / split
+    folder = Path(data_dir) / V.TFRECORDS_DIR / V.check_split(split)
     shards = sorted(str(p) for p in folder.glob(V.SHARD_GLOB.format(split=split)))
     if not shards:
         raise FileNotFoundError(
@@ -288,27 +284,9 @@ def make_dataset(data_dir: str | os.PathLike, split: str, *, batch_size: int,
 def count_examples(data_dir: str | os.PathLike, split: str) -> int:
     """Number of records in a split, counted by reading the shards (no decoding).
 
-    Prefer `load_stats(data_dir)[split]['images']` when stats.json is there; this is the
-    fallback and the check.
+    Prefer `cityseg.stats.load_stats(data_dir)[split]['images']` when stats.json is there;
+    this is the fallback and the check.
     """
     ds = tf.data.TFRecordDataset(list_shards(data_dir, split))
     return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
 
-
-def load_stats(data_dir: str | os.PathLike) -> dict[str, Any]:
-    """The Beam job's `stats.json` (per split image counts, category pixels, class weights).
-
-    Raises:
-      FileNotFoundError: if `DATA/stats.json` is missing.
-      ValueError: if it is not a JSON object.
-    """
-    path = Path(data_dir) / V.STATS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {V.STATS_FILE} in {data_dir} (run cityseg-preprocess first)")
-    try:
-        stats = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(stats, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    return stats
