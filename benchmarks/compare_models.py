@@ -34,8 +34,9 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
 
 from cityseg.cli import CliError, HelpFormatter, parse_size, run_cli, setup_logging  # noqa: E402
 from cityseg.vocabulary import CATEGORIES, EVALUATED_CATEGORIES  # noqa: E402
-from training.evaluate import METRICS_FILE  # noqa: E402
-from training.train import BEST_MODEL_FILE, HISTORY_FILE, SUMMARY_FILE  # noqa: E402
+from training.run_layout import (  # noqa: E402
+    BEST_MODEL_FILE, HISTORY_FILE, METRICS_FILE, SUMMARY_FILE,
+)
 
 log = logging.getLogger("cityseg.compare")
 

@@ -41,8 +41,7 @@ from bench_machine import reproduce, result_header, write_result  # noqa: E402  
 from compare_models import _metric_fields, _num, read_json, run_step  # noqa: E402
 from cityseg.cli import CliError, HelpFormatter, run_cli, setup_logging  # noqa: E402
 from cityseg.vocabulary import CATEGORIES, EVALUATED_CATEGORIES  # noqa: E402
-from training.evaluate import METRICS_FILE  # noqa: E402
-from training.train import SUMMARY_FILE  # noqa: E402
+from training.run_layout import METRICS_FILE, SUMMARY_FILE  # noqa: E402
 
 log = logging.getLogger("cityseg.real_photos")
 

@@ -18,6 +18,7 @@ from training import baselines as B
 from training import evaluate as E
 from training import metrics as M
 from training import plots
+from training import run_layout as layout
 
 SIZE = (16, 24)
 # colour -> category that the fixed model predicts for it
@@ -99,9 +100,9 @@ def setup(tmp_path_factory):
     model.save(keras_file)
     run_dir = root / "run"
     run_dir.mkdir()
-    model.save(run_dir / E.RUN_MODEL_FILE)
-    (run_dir / E.RUN_CONFIG_FILE).write_text(json.dumps({"image_size": list(SIZE)}))
-    with open(run_dir / E.RUN_HISTORY_FILE, "w", newline="") as f:
+    model.save(run_dir / layout.BEST_MODEL_FILE)
+    (run_dir / layout.CONFIG_FILE).write_text(json.dumps({"image_size": list(SIZE)}))
+    with open(run_dir / layout.HISTORY_FILE, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["epoch", "loss", "val_loss", "mean_iou", "val_mean_iou", "lr", "seconds"])
         for epoch in range(3):
@@ -120,7 +121,7 @@ def evaluate_cli(setup, model, report_dir, *extra) -> dict:
     code = E.main(["--data-dir", str(setup["data"]), "--model", str(model), "--split", "val",
                    "--report-dir", str(report_dir), "--batch-size", "2", *extra])
     assert code == 0
-    return json.loads((report_dir / E.METRICS_FILE).read_text())
+    return json.loads((report_dir / layout.METRICS_FILE).read_text())
 
 
 def test_keras_file_metrics_match_hand_computed(setup, tmp_path):
@@ -191,9 +192,9 @@ def test_resolve_model_rejects_unknown_layouts(tmp_path):
 
 
 def test_run_image_size_reads_both_spellings(tmp_path):
-    (tmp_path / E.RUN_CONFIG_FILE).write_text(json.dumps({"image_size": "64x128"}))
+    (tmp_path / layout.CONFIG_FILE).write_text(json.dumps({"image_size": "64x128"}))
     assert E.run_image_size(tmp_path) == (64, 128)
-    (tmp_path / E.RUN_CONFIG_FILE).write_text(json.dumps({"image_size": [32, 48]}))
+    (tmp_path / layout.CONFIG_FILE).write_text(json.dumps({"image_size": [32, 48]}))
     assert E.run_image_size(tmp_path) == (32, 48)
 
 
@@ -232,7 +233,7 @@ def test_colour_baseline_on_records_matches_the_colour_rule(setup, tmp_path):
     assert evaluation.images == 5
     assert summary["pixel_accuracy"] == pytest.approx(setup["expected"]["pixel_accuracy"])
     assert B.main(["--data-dir", str(setup["data"]), "--report-dir", str(tmp_path / "b")]) == 0
-    written = json.loads((tmp_path / "b" / E.METRICS_FILE).read_text())
+    written = json.loads((tmp_path / "b" / layout.METRICS_FILE).read_text())
     assert written["model_kind"] == B.BASELINE_NAME
     assert written["pixel_accuracy"] == pytest.approx(summary["pixel_accuracy"])
 
@@ -300,7 +301,7 @@ def evaluate_raw_cli(raw_setup, report_dir, *extra, data=None) -> dict:
                    str(raw_setup["export"]), "--split", "val", "--report-dir", str(report_dir),
                    "--batch-size", "3", "--overlays", "1", *extra])
     assert code == 0
-    return json.loads((report_dir / E.METRICS_FILE).read_text())
+    return json.loads((report_dir / layout.METRICS_FILE).read_text())
 
 
 def test_saved_model_scored_at_raw_resolution(raw_setup, tmp_path):

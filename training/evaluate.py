@@ -17,7 +17,7 @@
      remapped to the 8 categories (`cityseg.vocabulary.remap_labels`). RAW is `--raw-root`, or
      the input root that DATA/stats.json records (`input_root`); with neither, this pass is
      skipped. Pairs are read and checked by the Beam job's own per-pair code
-     (`preprocessing.records.load_pair`); a row whose files are missing or no longer valid is
+     (`cityseg.raw.load_pair`); a row whose files are missing or no longer valid is
      skipped, counted in `raw.skipped` and reported in one warning line.
 
 Writes REPORT/metrics.json (pixel accuracy, mean IoU in both conventions, IoU per category, the
@@ -40,20 +40,15 @@ import numpy as np
 
 from cityseg import vocabulary as V
 from cityseg.cli import CliError, HelpFormatter, parse_size, run_cli, setup_logging
-from cityseg.images import DEFAULT_MAX_PIXELS
+from cityseg.stats import load_stats
 from training import plots
-from training.train import BEST_MODEL_FILE, CONFIG_FILE, HISTORY_FILE
+from training.run_layout import BEST_MODEL_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE
 
 # TensorFlow (and training.metrics, which needs it) is imported inside the functions that use
 # it: `--help` and flag errors answer at once, and setup_logging() quietens TF before it loads.
 
 log = logging.getLogger("cityseg.evaluate")
 
-METRICS_FILE = "metrics.json"
-# The RUN layout is the trainer's (training/train.py); these names only say which parts we read.
-RUN_MODEL_FILE = BEST_MODEL_FILE
-RUN_CONFIG_FILE = CONFIG_FILE
-RUN_HISTORY_FILE = HISTORY_FILE
 SAVED_MODEL_FILE = "saved_model.pb"
 LOG_EVERY_S = 10.0
 
@@ -67,7 +62,7 @@ RAW_IOU_FILE = "iou_per_category_raw.png"
 # raw root. The Beam job does not write it yet; --raw-root always works.
 STATS_INPUT_ROOT_KEY = "input_root"
 # Skip reason of a manifest row whose raw image or label file is gone; the other reasons are
-# the Beam job's own (`preprocessing.records.REASONS`).
+# the Beam job's own (`cityseg.raw.REASONS`).
 MISSING_FILE = "missing_file"
 
 
@@ -86,8 +81,7 @@ class EvalConfig:
     raw_root: Path | None = None                # None: the one stats.json records, if any
 
     def validate(self) -> None:
-        if self.split not in V.SPLITS:
-            raise CliError(f"unknown split {self.split!r} (expected one of {', '.join(V.SPLITS)})")
+        V.check_split(self.split)
         if self.batch_size < 1:
             raise CliError(f"--batch-size must be >= 1, not {self.batch_size}")
         if self.max_images is not None and self.max_images < 1:
@@ -150,20 +144,20 @@ def resolve_model(path: str | Path) -> ModelSource:
         raise FileNotFoundError(f"model {path} does not exist")
     if (path / SAVED_MODEL_FILE).is_file():
         return ModelSource(SAVED_MODEL, path)
-    if (path / RUN_MODEL_FILE).is_file():
-        return ModelSource(KERAS, path / RUN_MODEL_FILE, image_size=run_image_size(path),
+    if (path / BEST_MODEL_FILE).is_file():
+        return ModelSource(KERAS, path / BEST_MODEL_FILE, image_size=run_image_size(path),
                            run_dir=path)
     versions = sorted((int(p.name), p) for p in path.iterdir()
                       if p.is_dir() and p.name.isdigit() and (p / SAVED_MODEL_FILE).is_file())
     if versions:
         return ModelSource(SAVED_MODEL, versions[-1][1])
     raise FileNotFoundError(
-        f"{path} holds no {RUN_MODEL_FILE}, {SAVED_MODEL_FILE} or numbered SavedModel versions")
+        f"{path} holds no {BEST_MODEL_FILE}, {SAVED_MODEL_FILE} or numbered SavedModel versions")
 
 
 def run_image_size(run_dir: Path) -> tuple[int, int] | None:
     """The training image size recorded in `RUN/config.json` (`image_size` [h, w] or "HxW")."""
-    config_path = run_dir / RUN_CONFIG_FILE
+    config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
         return None
     try:
@@ -188,13 +182,14 @@ def evaluate_keras(model, data_dir: Path, split: str, *, stride: int,
     """Confusion matrix of a Keras logits model over a split, on whole frames.
 
     Each frame keeps its stored size (or is resized to `image_size`, for runs trained that
-    way), is padded to a multiple of `stride` exactly as in validation (`training.ops`), and
+    way), is padded to a multiple of `stride` exactly as in validation (`cityseg.ops`), and
     the prediction is cropped back to the frame before it is scored: aspect ratio kept, no
     padded pixel counted.
     """
     import tensorflow as tf
 
-    from training import data, ops
+    from cityseg import ops
+    from training import data
 
     records = data.read_records(data.list_shards(data_dir, split))
 
@@ -275,14 +270,7 @@ def evaluate_saved_model(export_dir: Path, data_dir: Path, split: str, *, batch_
 
 def default_raw_root(data_dir: Path) -> Path | None:
     """The raw root DATA/stats.json records as the preprocessing input, or None."""
-    path = data_dir / V.STATS_FILE
-    if not path.is_file():
-        return None
-    try:
-        stats = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    root = stats.get(STATS_INPUT_ROOT_KEY) if isinstance(stats, dict) else None
+    root = load_stats(data_dir, required=False).get(STATS_INPUT_ROOT_KEY)
     return Path(root) if isinstance(root, str) and root else None
 
 
@@ -293,7 +281,7 @@ def manifest_rows(data_dir: Path, split: str) -> list[dict[str, Any]]:
       FileNotFoundError: if DATA/manifest.jsonl is missing.
       ValueError: if a line is not JSON.
     """
-    from preprocessing.records import read_jsonl
+    from cityseg.raw import read_jsonl
 
     path = data_dir / V.MANIFEST_FILE
     if not path.is_file():
@@ -311,28 +299,24 @@ def load_raw_frame(raw_root: Path, row: dict[str, Any]) -> RawFrame:
     """Reads one manifest row's raw image and label, checked as the Beam job checks them.
 
     Raises:
-      preprocessing.records.RejectedInput: with the reason the row cannot be scored
-        (`missing_file`, or one of the Beam job's reasons, e.g. `unknown_label_ids` for a
-        label id outside 0..33 such as 255).
+      cityseg.raw.RejectedInput: with the reason the row cannot be scored (`missing_file`,
+        or one of the Beam job's reasons, e.g. `unknown_label_ids` for a label id outside
+        0..33 such as 255).
     """
-    from preprocessing import records
+    from cityseg import raw
 
     image_id = str(row.get("image_id"))
     image_rel, label_rel = row.get("image"), row.get("label")
     if not image_rel or not label_rel:
-        raise records.RejectedInput(records.IMAGE_WITHOUT_LABEL,
-                                    "manifest row lists no image or no label", str(image_rel))
+        raise raw.RejectedInput(raw.IMAGE_WITHOUT_LABEL,
+                                "manifest row lists no image or no label", str(image_rel))
     for rel in (image_rel, label_rel):
         if not (raw_root / rel).is_file():
-            raise records.RejectedInput(MISSING_FILE, "file not found", rel)
-    pair = records.Pair(str(row.get("split")), image_id, str(row.get("city")), image_rel,
-                        label_rel)
-    image, label_ids = records.load_pair(str(raw_root), pair)
-    truth = records.to_category_mask(label_ids, label_rel)
-    # load_pair returns pixels; the signature takes the file's bytes, exactly as a client
-    # sends them, so the image is read once more (from the page cache).
-    encoded, _, _ = records.read_png(str(raw_root), image_rel, DEFAULT_MAX_PIXELS)
-    return RawFrame(image_id, encoded, image, truth)
+            raise raw.RejectedInput(MISSING_FILE, "file not found", rel)
+    pair = raw.Pair(str(row.get("split")), image_id, str(row.get("city")), image_rel, label_rel)
+    # The signature takes the image file's bytes, exactly as a client sends them.
+    encoded, image, label_ids = raw.load_pair(str(raw_root), pair)
+    return RawFrame(image_id, encoded, image, raw.to_category_mask(label_ids, label_rel))
 
 
 def evaluate_saved_model_raw(export_dir: Path, data_dir: Path, split: str, raw_root: Path, *,
@@ -354,7 +338,7 @@ def evaluate_saved_model_raw(export_dir: Path, data_dir: Path, split: str, raw_r
     """
     import tensorflow as tf
 
-    from preprocessing.records import RejectedInput
+    from cityseg.raw import RejectedInput
 
     if serve is None:
         serve = serving_signature(export_dir)
@@ -479,7 +463,7 @@ def write_report(evaluation: Evaluation, report_dir: Path, *, source: ModelSourc
                                     title=f"Confusion (row-normalised): {title}"),
                plots.plot_overlays(evaluation.samples, report_dir / plots.OVERLAYS_FILE,
                                    title=title)]
-    history = source.run_dir / RUN_HISTORY_FILE if source.run_dir else None
+    history = source.run_dir / HISTORY_FILE if source.run_dir else None
     if history is not None and history.is_file():
         figures.append(plots.plot_history(history, report_dir / plots.HISTORY_FILE,
                                           title=f"Training: {title}"))

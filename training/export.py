@@ -16,10 +16,9 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
+from cityseg import ops
 from cityseg import vocabulary as V
-from training import ops
-from training.evaluate import METRICS_FILE
-
+from training import run_layout
 
 # The export's default working resolution: frames are shrunk so that their long side is at
 # most this (a 2048x1024 Cityscapes frame is segmented at 1024x512), never enlarged. Chosen in
@@ -177,11 +176,6 @@ examples:
 The version folder (MODELS/NAME/VERSION) is printed on stdout.
 """
 
-# Where cityseg-evaluate's report may sit inside a RUN folder, in order of preference.
-# Where cityseg-evaluate's report may sit inside a RUN (`--report-dir RUN/eval` or RUN itself).
-RUN_METRICS_FILES = (f"eval/{METRICS_FILE}", METRICS_FILE)
-
-
 def load_run_model(run_dir: str | os.PathLike, config: dict[str, Any]) -> tuple[keras.Model, str]:
     """The model of a training run: `best.keras`, else the last checkpoint (with a warning).
 
@@ -193,21 +187,19 @@ def load_run_model(run_dir: str | os.PathLike, config: dict[str, Any]) -> tuple[
     """
     import logging
 
-    from training import models, train
+    from training import models
 
     run = Path(run_dir)
-    best = run / train.BEST_MODEL_FILE
+    best = run / run_layout.BEST_MODEL_FILE
     if best.is_file():
-        return models.load_model(best), train.BEST_MODEL_FILE
-    from training.callbacks import WEIGHTS_FILE
-
-    last = run / train.CHECKPOINT_DIR / WEIGHTS_FILE
+        return models.load_model(best), run_layout.BEST_MODEL_FILE
+    checkpoint = f"{run_layout.CHECKPOINT_DIR}/{run_layout.CHECKPOINT_WEIGHTS_FILE}"
+    last = run / checkpoint
     if not last.is_file():
-        raise FileNotFoundError(f"{run} has neither {train.BEST_MODEL_FILE} nor "
-                                f"{train.CHECKPOINT_DIR}/{WEIGHTS_FILE}")
+        raise FileNotFoundError(f"{run} has neither {run_layout.BEST_MODEL_FILE} nor {checkpoint}")
     logging.getLogger("cityseg.export").warning(
-        "%s has no %s; exporting the last checkpoint %s instead", run, train.BEST_MODEL_FILE,
-        last)
+        "%s has no %s; exporting the last checkpoint %s instead", run,
+        run_layout.BEST_MODEL_FILE, last)
     model = models.build_model(config["model"], num_classes=V.NUM_CATEGORIES,
                                width=config.get("width"))
     # The checkpoint is the training model's: with auxiliary heads when the run had them
@@ -216,7 +208,7 @@ def load_run_model(run_dir: str | os.PathLike, config: dict[str, Any]) -> tuple[
     trained = models.with_aux_heads(model, config["model"], None) if config.get(
         "aux_heads") else None
     (trained or model).load_weights(last, skip_mismatch=False)
-    return model, f"{train.CHECKPOINT_DIR}/{WEIGHTS_FILE}"
+    return model, checkpoint
 
 
 def warmup_images_from_data(data_dir: str | os.PathLike, count: int = 3) -> list[bytes]:
@@ -243,12 +235,11 @@ def warmup_images_from_data(data_dir: str | os.PathLike, count: int = 3) -> list
 def gather_model_info(run_dir: Path, config: dict[str, Any], model: keras.Model, source: str,
                       metrics_file: str | os.PathLike | None) -> dict[str, Any]:
     """model_info.json's facts about a run: architecture, training data, evaluation metrics."""
-    from training import train
-
-    summary_path = run_dir / train.SUMMARY_FILE
+    summary_path = run_dir / run_layout.SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     if metrics_file is None:
-        found = [run_dir / name for name in RUN_METRICS_FILES if (run_dir / name).is_file()]
+        found = [run_dir / name for name in run_layout.RUN_METRICS_FILES
+                 if (run_dir / name).is_file()]
         metrics_file = found[0] if found else None
     evaluation = json.loads(Path(metrics_file).read_text()) if metrics_file else None
     return {
@@ -320,13 +311,12 @@ def _main(argv: Sequence[str] | None) -> int:
     import logging
 
     from cityseg.cli import CliError, setup_logging
-    from training import train
 
     args = _export_parser().parse_args(argv)
     setup_logging(args.verbose)
     log = logging.getLogger("cityseg.export")
     run = Path(args.run_dir)
-    config_path = run / train.CONFIG_FILE
+    config_path = run / run_layout.CONFIG_FILE
     if not config_path.is_file():
         raise CliError(f"{run} is not a training run: {config_path} does not exist")
     if args.version is not None and args.version <= 0:
