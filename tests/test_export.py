@@ -134,7 +134,7 @@ def test_falls_back_to_the_last_checkpoint_with_a_warning(run_dir, tmp_path, cap
     assert code == 0
     assert "exporting the last checkpoint" in caplog.text
     info = json.loads((Path(out) / "assets" / V.MODEL_INFO_FILE).read_text())
-    assert info["training"]["weights"] == "checkpoints/last.weights.h5"
+    assert info["training"]["weights"] == "checkpoints/latest.weights.h5"  # BackupAndRestore's
 
 
 def test_not_a_run_fails_with_one_line(tmp_path, capsys):

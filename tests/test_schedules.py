@@ -1,9 +1,11 @@
-"""training.schedules: warm-up and decay over the budget that binds, steps or time."""
+"""training.schedules (and the callback that applies it): warm-up and decay over the budget
+that binds, steps or time."""
 import keras
 import numpy as np
 import pytest
 
-from training.schedules import BudgetSchedule, learning_rate_at
+from training.callbacks import BudgetSchedule
+from training.schedules import learning_rate_at
 
 
 @pytest.mark.parametrize("schedule", ["poly", "cosine"])

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cityseg import vocabulary as V
+from training import run_layout as layout
 
 TOY_SIZE = (32, 64)
 # Each category gets its own base colour so a tiny network can learn the scenes in a few steps.
@@ -83,14 +84,18 @@ def write_toy_data(root: Path, counts=None, size=TOY_SIZE, num_shards: int = 2,
         writers = [tf.io.TFRecordWriter(str(folder / V.shard_name(split, k, num_shards)))
                    for k in range(num_shards)]
         pixels = np.zeros(V.NUM_CATEGORIES, np.int64)
+        image_pixels = np.zeros(V.NUM_CATEGORIES, np.int64)
         for k in range(n):
             image, label = toy_scene(rng, size)
-            pixels += np.bincount(label.ravel(), minlength=V.NUM_CATEGORIES)
+            counts = np.bincount(label.ravel(), minlength=V.NUM_CATEGORIES)
+            pixels += counts
+            image_pixels += np.where(counts > 0, label.size, 0)
             example = _example(image, label, f"toycity_{k // 100:06d}_{k % 100:06d}", split)
             writers[k % num_shards].write(example.SerializeToString())
         for writer in writers:
             writer.close()
-        stats[split] = {"images": n, "category_pixels": pixels.tolist()}
+        stats[split] = {"images": n, "category_pixels": pixels.tolist(),
+                        "category_image_pixels": image_pixels.tolist()}
     (root / V.STATS_FILE).write_text(json.dumps(stats))
     return root
 
@@ -107,6 +112,11 @@ def toy_data(tmp_path_factory) -> Path:
     return write_toy_data(tmp_path_factory.mktemp("toy") / "data")
 
 
+# The trained_run fixture's recipe: a poly schedule with a peak high enough to learn the toy
+# scenes in 12 steps.
+TRAINED_PEAK_LR, TRAINED_WARMUP = 0.03, 0.05
+
+
 @pytest.fixture(scope="session")
 def trained_run(toy_data, tmp_path_factory) -> Path:
     """A RUN folder from a short real training: 1 epoch, then --resume up to 3 epochs.
@@ -116,9 +126,11 @@ def trained_run(toy_data, tmp_path_factory) -> Path:
     from training import train
 
     run = tmp_path_factory.mktemp("trained") / "run"
-    assert train.main(base_args(toy_data, run, "--epochs", "1")) == 0
-    first = json.loads((run / "checkpoints" / "state.json").read_text())
-    assert first["epochs_done"] == 1
+    assert train.main(base_args(toy_data, run, "--epochs", "1", "--lr-schedule", "poly",
+                                "--learning-rate", str(TRAINED_PEAK_LR),
+                                "--warmup", str(TRAINED_WARMUP))) == 0
+    assert [int(r["epoch"]) for r in _history(run)] == [0]
+    assert (run / layout.CHECKPOINT_DIR / layout.CHECKPOINT_WEIGHTS_FILE).is_file()
     # Only the output dir and the new epoch count: the rest comes from RUN/config.json.
     assert train.main(["--output-dir", str(run), "--resume", "--epochs", "3"]) == 0
     return run
@@ -129,24 +141,72 @@ def _history(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _val_mean_iou(data_dir: Path, predict) -> float:
+    """The trainer's validation figure (mean IoU over 7 categories) of `predict` on val."""
+    from training import data, metrics
+
+    metric = metrics.MeanIoU()
+    for images, labels in data.make_dataset(data_dir, "val", batch_size=4, image_size=TOY_SIZE):
+        metric.update_state(labels, predict(images, labels))
+    return float(metric.result())
+
+
 @pytest.mark.slow
-def test_training_learns_and_writes_the_run_layout(trained_run):
+def test_training_learns_more_than_the_majority_class_and_an_untrained_net(trained_run,
+                                                                           toy_data):
+    import keras
+    import tensorflow as tf
+
+    from training import models
+
+    stats = json.loads((toy_data / V.STATS_FILE).read_text())
+    majority = 1 + int(np.argmax(stats["train"]["category_pixels"][1:]))
+    # Logits that always say the train split's most common category.
+    majority_iou = _val_mean_iou(toy_data, lambda images, labels: tf.one_hot(
+        tf.fill(tf.shape(labels), majority), V.NUM_CATEGORIES))
+    keras.utils.set_random_seed(0)  # the run's own seed: the weights it started from
+    untrained = models.build_model("unet", width=4)
+    untrained_iou = _val_mean_iou(toy_data, lambda images, _: untrained(images, training=False))
+
     rows = _history(trained_run)
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    best = max(float(r["val_mean_iou"]) for r in rows)
+    assert best > max(majority_iou, untrained_iou) + 0.02, (best, majority_iou, untrained_iou)
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
-    for row in rows:
-        assert 0.0 <= float(row["val_mean_iou"]) <= 1.0
-        assert float(row["lr"]) == pytest.approx(0.01)
-        assert float(row["seconds"]) > 0
+
+
+@pytest.mark.slow
+def test_the_learning_rate_follows_the_poly_schedule_across_resume(trained_run):
+    from training.schedules import learning_rate_at
+
+    # `lr` is the rate of each epoch's last step (4 steps an epoch). The first run planned 1
+    # epoch, the resumed one 3, and the schedule follows the plan of the run it is in.
+    planned = {0: 4, 1: 12, 2: 12}
+    for row in _history(trained_run):
+        epoch = int(row["epoch"])
+        progress = ((epoch + 1) * 4 - 1) / planned[epoch]
+        expected = learning_rate_at(progress, TRAINED_PEAK_LR, "poly", warmup=TRAINED_WARMUP)
+        assert float(row["lr"]) == pytest.approx(expected, rel=1e-5)
+    lrs = [float(r["lr"]) for r in _history(trained_run)]
+    assert lrs[2] < lrs[1] < TRAINED_PEAK_LR  # decaying within the resumed run's plan
+
+
+@pytest.mark.slow
+def test_training_writes_the_run_layout(trained_run):
+    rows = _history(trained_run)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert all(float(row["seconds"]) > 0 for row in rows)
     assert (trained_run / "best.keras").is_file()
-    assert (trained_run / "checkpoints" / "last.weights.h5").is_file()
     assert any((trained_run / "tensorboard").rglob("events.out.tfevents.*"))
 
     summary = json.loads((trained_run / "summary.json").read_text())
     assert summary["epochs_done"] == 3 and summary["stopped_by"] == "epochs"
-    best = max(float(r["val_mean_iou"]) for r in rows)
-    assert summary["best_val_mean_iou"] == pytest.approx(best, abs=1e-5)
-    assert summary["params"] > 0 and summary["training_seconds"] > 0
+    best = max(rows, key=lambda r: float(r["val_mean_iou"]))
+    assert summary["best_val_mean_iou"] == pytest.approx(float(best["val_mean_iou"]), abs=1e-6)
+    assert summary["best_epoch"] == int(best["epoch"]) + 1
+    assert summary["best_val_loss"] == pytest.approx(float(best["val_loss"]), abs=1e-6)
+    assert summary["training_seconds"] == pytest.approx(
+        sum(float(r["seconds"]) for r in rows), abs=0.01)
+    assert summary["params"] > 0
 
     config = json.loads((trained_run / "config.json").read_text())
     assert config["model"] == "unet" and config["image_size"] == [32, 64]
@@ -170,33 +230,39 @@ def test_best_checkpoint_is_the_best_epoch(trained_run, toy_data):
 
 @pytest.mark.slow
 def test_time_limit_stops_early_and_keeps_best(toy_data, tmp_path):
+    from cityseg.stats import split_class_weights
     from training import train
 
     run = tmp_path / "run"
     # 0.001 min is spent after the first batch; the epoch is still validated and saved.
-    assert train.main(base_args(toy_data, run, "--epochs", "50", "--time-limit", "0.001")) == 0
+    assert train.main(base_args(toy_data, run, "--epochs", "50", "--time-limit", "0.001",
+                                "--loss", "weighted_ce")) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_by"] == "time_limit"
     assert summary["epochs_done"] == 1
     assert (run / "best.keras").is_file()
     assert len(_history(run)) == 1
+    # The weighted loss got the one class-weight formula, from the train split's counts.
+    config = json.loads((run / "config.json").read_text())
+    stats = json.loads((toy_data / V.STATS_FILE).read_text())
+    assert config["class_weights"] == split_class_weights(stats, "train")
 
 
 @pytest.mark.slow
 def test_resume_continued_from_the_last_epoch_with_optimizer_state(trained_run):
     import keras
 
-    from training import callbacks, losses, models
+    from training import losses, models
 
     rows = _history(trained_run)
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     summary = json.loads((trained_run / "summary.json").read_text())
     assert summary["epochs_done"] == 3 and summary["resumed_from_epoch"] == 1
     # Adam's step counter continued: 3 epochs of 4 steps (16 images, batch 4).
     model = models.build_model("unet", width=4)
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss=losses.make_loss("ce"))
     model.optimizer.build(model.trainable_variables)
-    model.load_weights(trained_run / "checkpoints" / callbacks.WEIGHTS_FILE)
+    model.load_weights(trained_run / layout.CHECKPOINT_DIR / layout.CHECKPOINT_WEIGHTS_FILE)
     assert int(model.optimizer.iterations) == 12
     config = json.loads((trained_run / "config.json").read_text())
     assert config["resume"] is True and config["width"] == 4 and config["epochs"] == 3
@@ -221,6 +287,7 @@ def test_starting_over_an_existing_run_without_resume_is_refused(toy_data, tmp_p
 
 @pytest.mark.parametrize("change,message", [
     (["--model", "nosuchnet"], "unknown model"),
+    (["--loss", "nosuchloss"], "unknown --loss 'nosuchloss' (choose from ce, ohem"),
     (["--crop-size", "30x64"], "not divisible by 16"),
     (["--scale-range", "2,1"], "--scale-range must be 0 < MIN <= MAX"),
     (["--rotation", "200"], "--rotation must be in [0, 180]"),
@@ -250,32 +317,46 @@ def test_missing_data_dir_and_resume_of_nothing_fail(tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
 
 
-def test_class_weights_from_stats_balance_by_median_frequency():
-    from training.train import class_weights_from_stats
-
-    pixels = [50, 400, 200, 10, 100, 200, 20, 100]
-    weights = class_weights_from_stats({"train": {"category_pixels": pixels}})
-    assert weights[V.VOID] == 0.0
-    # median of the 7 non-void frequencies is 100/1030; weight = median / own frequency.
-    for c in V.EVALUATED_CATEGORIES:
-        assert weights[c] == pytest.approx(100 / pixels[c], rel=1e-5)
-    given = list(range(8))
-    assert class_weights_from_stats({"class_weights": given, "train": {}}) == given
-    assert class_weights_from_stats({"train": {"images": 3}}) is None
-
-
-def test_cluster_from_tf_config():
-    from training.train import Cluster
+def test_cluster_from_tf_config(monkeypatch):
+    from cityseg.cli import CliError
+    from training.cluster import resolve_cluster
 
     spec = {"cluster": {"worker": ["localhost:1", "localhost:2"]},
             "task": {"type": "worker", "index": 1}}
-    other = Cluster.from_env({"TF_CONFIG": json.dumps(spec)})
+    monkeypatch.setenv("TF_CONFIG", json.dumps(spec))
+    other = resolve_cluster()
     assert other.num_workers == 2 and not other.is_chief
     spec["task"]["index"] = 0
-    assert Cluster.from_env({"TF_CONFIG": json.dumps(spec)}).is_chief
+    monkeypatch.setenv("TF_CONFIG", json.dumps(spec))
+    assert resolve_cluster().is_chief
     spec["cluster"]["chief"] = ["localhost:3"]
-    assert not Cluster.from_env({"TF_CONFIG": json.dumps(spec)}).is_chief
-    assert Cluster.from_env({}).is_chief and Cluster.from_env({}).num_workers == 1
+    monkeypatch.setenv("TF_CONFIG", json.dumps(spec))
+    assert not resolve_cluster().is_chief and resolve_cluster().num_workers == 3
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(CliError, match="TF_CONFIG"):
+        resolve_cluster()
+    monkeypatch.delenv("TF_CONFIG")
+    alone = resolve_cluster()
+    assert alone.is_chief and alone.num_workers == 1
+
+
+def test_flags_come_from_the_config_fields():
+    import dataclasses
+
+    from training.config import TrainConfig, build_parser, parse_config
+
+    cfg, explicit, verbose = parse_config(["--data-dir", "d", "--lr", "0.5", "--no-jit",
+                                           "--no-aux", "--crop-size", "64x96", "-v"])
+    assert (cfg.learning_rate, cfg.jit_compile, cfg.aux_heads, cfg.crop_size) == (
+        0.5, False, False, (64, 96))
+    assert explicit == {"data_dir", "learning_rate", "jit_compile", "aux_heads", "crop_size"}
+    assert verbose
+    # Everything not given is the field's default, declared once.
+    defaults = TrainConfig()
+    assert cfg.batch_size == defaults.batch_size and cfg.scale_range == defaults.scale_range
+    flags = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("flag")}
+    dests = {action.dest for action in build_parser()._actions}
+    assert flags <= dests and "class_weights" not in dests
 
 
 def test_help_has_examples(capsys):
@@ -286,6 +367,14 @@ def test_help_has_examples(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "examples:" in out and "--time-limit" in out and "TF_CONFIG" in out
+    before = ("--data-dir --output-dir --model --width --image-size --crop-size --scale-range "
+              "--rotation --batch-size --epochs --steps-per-epoch --validation-steps "
+              "--learning-rate --lr --lr-schedule --warmup --weight-decay --loss --no-aux "
+              "--train-void --no-augment --no-cache --mixed-precision --jit --no-jit "
+              "--time-limit --seed --resume --train-split --val-split --weights --verbose")
+    assert all(name in out for name in before.split())
+    flat = " ".join(out.split())  # argparse wraps to the terminal's width
+    assert "(default: 0.5,2.0)" in flat and "(default: poly)" in flat
 
 
 @pytest.mark.slow
@@ -334,7 +423,8 @@ def test_one_training_step_of_every_architecture_on_360x480_records(
     crop = summary["crop_size"]
     assert crop[0] % stride == 0 and crop[1] % stride == 0 and crop[0] <= 360
     assert summary["epochs_done"] == 1
+    # Validation ran on the whole 360x480 frames (padded to the stride, cropped back).
     row = _history(run)[0]
-    assert 0.0 <= float(row["val_mean_iou"]) <= 1.0 and float(row["val_loss"]) > 0
+    assert row["val_mean_iou"] not in ("", "NA") and float(row["val_loss"]) > 0
     model = models.load_model(run / "best.keras")
     assert model.output.shape[-1] == V.NUM_CATEGORIES  # the inference model: no aux heads

@@ -1,4 +1,9 @@
-"""Keras callbacks of the trainer: time budget, per-epoch history CSV, resumable checkpoints.
+"""The trainer's own Keras callbacks: what Keras lacks beside its BackupAndRestore and CSVLogger.
+
+Keras provides the resumable checkpoint (`keras.callbacks.BackupAndRestore`) and the history
+file (`keras.callbacks.CSVLogger(append=True)`); this module adds a time budget, a learning rate
+that follows it, the learning rate and epoch seconds in each epoch's logs (so CSVLogger writes
+them), throughput, the best inference model and epoch scalars for TensorBoard.
 
 All of them are safe under `MultiWorkerMirroredStrategy`: a stop decision is agreed by every
 worker (a worker that stops alone would leave the others waiting in a collective forever), and
@@ -6,7 +11,6 @@ the trainer points non-chief workers' file-writing callbacks at a scratch folder
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -18,11 +22,9 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-log = logging.getLogger(__name__)
+from training.schedules import learning_rate_at
 
-HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "mean_iou", "val_mean_iou", "lr", "seconds")
-STATE_FILE = "state.json"
-WEIGHTS_FILE = "last.weights.h5"
+log = logging.getLogger(__name__)
 
 
 def _multi_worker(strategy: tf.distribute.Strategy) -> bool:
@@ -80,53 +82,80 @@ class TimeLimit(keras.callbacks.Callback):
         self._check()
 
 
-class HistoryCSV(keras.callbacks.Callback):
-    """Appends one row per epoch to `history.csv` (columns `HISTORY_COLUMNS`, epochs 1-based).
+class EpochStats(keras.callbacks.Callback):
+    """Adds `lr` (the learning rate at the epoch's end) and `seconds` to each epoch's logs.
 
-    Appends rather than rewrites, so a resumed run continues the same file; the header is
-    written only when the file is new.
+    Keras hands one logs dict to every callback in turn, so placed first this puts the two
+    columns into CSVLogger's history.csv and the TensorBoard scalars.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
         super().__init__()
-        self.path = Path(path)
+        self.clock = clock
         self._epoch_start = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = time.monotonic()
+        self._epoch_start = self.clock()
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
-        row = {
-            "epoch": epoch + 1,
-            **{key: _number(logs.get(key)) for key in HISTORY_COLUMNS[1:5]},
-            "lr": current_lr(self.model.optimizer),
-            "seconds": round(time.monotonic() - self._epoch_start, 3),
-        }
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        if logs is not None:
+            logs["lr"] = current_lr(self.model.optimizer)
+            logs["seconds"] = round(self.clock() - self._epoch_start, 3)
+
+
+class BudgetSchedule(keras.callbacks.Callback):
+    """Sets the optimizer's learning rate before each batch from the budget spent so far.
+
+    Args:
+      peak: the learning rate after warm-up.
+      schedule: one of `training.schedules.SCHEDULES`.
+      total_steps: optimizer steps the run plans (epochs x steps per epoch).
+      budget_seconds: the time limit, or None (then only steps count).
+      start: the monotonic time the budget started (the trainer's start, so that set-up and
+        validation count, as they do for `callbacks.TimeLimit`).
+      warmup, floor: see `learning_rate_at`.
+      clock: injectable for tests.
+    """
+
+    def __init__(self, peak: float, schedule: str, *, total_steps: int,
+                 budget_seconds: float | None = None, start: float | None = None,
+                 warmup: float = 0.05, floor: float = 0.01,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        learning_rate_at(0.0, peak, schedule, warmup=warmup, floor=floor)  # validates
+        self.peak, self.schedule = float(peak), schedule
+        self.total_steps = max(1, int(total_steps))
+        self.budget_seconds = budget_seconds
+        self.warmup, self.floor = warmup, floor
+        self.clock = clock
+        self.start = clock() if start is None else start
+
+    def progress(self) -> float:
+        """Fraction of the binding budget spent, in [0, 1]."""
+        steps = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        done = steps / self.total_steps
+        if self.budget_seconds:
+            done = max(done, (self.clock() - self.start) / self.budget_seconds)
+        return min(done, 1.0)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        lr = learning_rate_at(self.progress(), self.peak, self.schedule, warmup=self.warmup,
+                              floor=self.floor)
+        self.model.optimizer.learning_rate.assign(lr)
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """One INFO line per epoch, for logs that are not a terminal (no progress bar there)."""
+    """One INFO line per epoch (its logs, `seconds` and `lr` included, see `EpochStats`), for
+    logs that are not a terminal (no progress bar there)."""
 
     def __init__(self, epochs: int):
         super().__init__()
         self.epochs = epochs
-        self._epoch_start = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        shown = " ".join(f"{k}={_number(v):.4f}" for k, v in sorted((logs or {}).items())
+        shown = " ".join(f"{k}={_number(v):.4g}" for k, v in sorted((logs or {}).items())
                          if _number(v) is not None)
-        log.info("epoch %d/%d (%.1fs) %s", epoch + 1, self.epochs,
-                 time.monotonic() - self._epoch_start, shown)
+        log.info("epoch %d/%d %s", epoch + 1, self.epochs, shown)
 
 
 class EpochTensorBoard(keras.callbacks.Callback):
@@ -161,7 +190,6 @@ class EpochTensorBoard(keras.callbacks.Callback):
                 scalars["validation"][key[4:]] = number
             else:
                 scalars["train"][key] = number
-        scalars["train"]["learning_rate"] = current_lr(self.model.optimizer)
         for name, values in scalars.items():
             if not values:
                 continue
@@ -175,51 +203,6 @@ class EpochTensorBoard(keras.callbacks.Callback):
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
-
-
-class ResumableCheckpoint(keras.callbacks.Callback):
-    """Writes `checkpoints/last.weights.h5` (weights AND optimizer state) and `state.json`.
-
-    `state.json` holds the number of epochs done, the best validation score so far and the
-    training seconds spent, which is all `--resume` needs besides the weights. Both files are
-    written beside their final name and renamed, so a run killed mid-write leaves the previous
-    checkpoint intact.
-    """
-
-    def __init__(self, folder: str | os.PathLike, *, monitor: str = "val_mean_iou",
-                 state: dict[str, Any] | None = None, clock: Callable[[], float] = time.monotonic):
-        super().__init__()
-        self.folder = Path(folder)
-        self.monitor = monitor
-        self.state = dict(state or {"epochs_done": 0, "best": None, "best_epoch": None,
-                                    "train_seconds": 0.0})
-        self.clock = clock
-        self._since = clock()
-
-    def on_epoch_end(self, epoch, logs=None):
-        now = self.clock()
-        self.state["train_seconds"] = round(self.state.get("train_seconds", 0.0)
-                                            + now - self._since, 3)
-        self._since = now
-        self.state["epochs_done"] = epoch + 1
-        value = _number((logs or {}).get(self.monitor))
-        if value is not None and (self.state.get("best") is None or value > self.state["best"]):
-            self.state["best"] = value
-            self.state["best_epoch"] = epoch + 1
-            self.state["best_logs"] = {k: _number(v) for k, v in (logs or {}).items()}
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".tmp-{WEIGHTS_FILE}"
-        self.model.save_weights(str(tmp), overwrite=True)
-        os.replace(tmp, self.folder / WEIGHTS_FILE)
-        write_json_atomic(self.folder / STATE_FILE, self.state)
-
-
-def load_state(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """The `state.json` written by `ResumableCheckpoint`, or None when there is none."""
-    path = Path(folder) / STATE_FILE
-    if not path.is_file() or not (Path(folder) / WEIGHTS_FILE).is_file():
-        return None
-    return json.loads(path.read_text())
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:

@@ -198,6 +198,8 @@ LOSSES: dict[str, Callable[..., tf.Tensor]] = {
     "focal": _focal,
     "ce+dice": _ce_dice,
 }
+# The losses that read class weights; the trainer derives weights from stats.json for these.
+CLASS_WEIGHTED_LOSSES = frozenset({"weighted_ce", "focal", "ce+dice"})
 
 
 def make_loss(name: str, class_weights: Sequence[float] | None = None, *,

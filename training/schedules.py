@@ -8,18 +8,12 @@ schedule is a function of *progress* in [0, 1], and progress is the larger of
 
 so whichever budget binds, the learning rate warms up over the first `warmup` of it, decays
 over the rest, and reaches its floor (`floor` times the peak) when the budget is spent.
-`BudgetSchedule` sets the optimizer's learning rate before every batch.
+`training.callbacks.BudgetSchedule` sets the optimizer's learning rate before every batch.
+Plain Python: the trainer's flags read `SCHEDULES` without loading TensorFlow.
 """
 from __future__ import annotations
 
-import logging
 import math
-import time
-from typing import Callable
-
-import keras
-
-log = logging.getLogger("cityseg.train")
 
 SCHEDULES = ("constant", "cosine", "poly")
 POLY_POWER = 0.9  # PSPNet/DeepLab's "poly" policy
@@ -51,44 +45,3 @@ def learning_rate_at(progress: float, peak: float, schedule: str = "poly", *,
     else:
         factor = (1.0 - decay) ** POLY_POWER
     return low + (peak - low) * factor
-
-
-class BudgetSchedule(keras.callbacks.Callback):
-    """Sets the optimizer's learning rate before each batch from the budget spent so far.
-
-    Args:
-      peak: the learning rate after warm-up.
-      schedule: one of SCHEDULES.
-      total_steps: optimizer steps the run plans (epochs x steps per epoch).
-      budget_seconds: the time limit, or None (then only steps count).
-      start: the monotonic time the budget started (the trainer's start, so that set-up and
-        validation count, as they do for `callbacks.TimeLimit`).
-      warmup, floor: see `learning_rate_at`.
-      clock: injectable for tests.
-    """
-
-    def __init__(self, peak: float, schedule: str, *, total_steps: int,
-                 budget_seconds: float | None = None, start: float | None = None,
-                 warmup: float = 0.05, floor: float = 0.01,
-                 clock: Callable[[], float] = time.monotonic):
-        super().__init__()
-        learning_rate_at(0.0, peak, schedule, warmup=warmup, floor=floor)  # validates
-        self.peak, self.schedule = float(peak), schedule
-        self.total_steps = max(1, int(total_steps))
-        self.budget_seconds = budget_seconds
-        self.warmup, self.floor = warmup, floor
-        self.clock = clock
-        self.start = clock() if start is None else start
-
-    def progress(self) -> float:
-        """Fraction of the binding budget spent, in [0, 1]."""
-        steps = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        done = steps / self.total_steps
-        if self.budget_seconds:
-            done = max(done, (self.clock() - self.start) / self.budget_seconds)
-        return min(done, 1.0)
-
-    def on_train_batch_begin(self, batch, logs=None):
-        lr = learning_rate_at(self.progress(), self.peak, self.schedule, warmup=self.warmup,
-                              floor=self.floor)
-        self.model.optimizer.learning_rate.assign(lr)
