@@ -129,6 +129,30 @@ def test_fcn8_default_is_the_true_vgg16_fcn8s():
     assert logits.shape == (1, 32, 64, V.NUM_CATEGORIES)
 
 
+@pytest.mark.slow
+def test_fcn8_imports_imagenet_vgg16_weights_from_a_local_no_top_file(tmp_path):
+    """The ImageNet import path with a locally saved file: no download, exactly its weights."""
+    keras.utils.set_random_seed(1)
+    vgg = keras.applications.VGG16(weights=None, include_top=False, input_shape=(None, None, 3))
+    path = tmp_path / "vgg16_notop.h5"  # keras.applications' legacy format, as published
+    vgg.save(path)
+
+    model = models.build_model("fcn8", weights=str(path))
+    convs = [layer for layer in vgg.layers if layer.weights]
+    assert len(convs) == 13
+    for layer in convs:
+        kernel, bias = layer.get_weights()
+        ours_kernel, ours_bias = model.get_layer(layer.name).get_weights()
+        if layer.name == "block1_conv1":
+            kernel = kernel[:, :, ::-1, :]  # VGG's BGR input channels, folded into our RGB
+        np.testing.assert_array_equal(ours_kernel, kernel)
+        np.testing.assert_array_equal(ours_bias, bias)
+    # The input normalisation VGG's ImageNet filters expect comes with the weights.
+    assert model.get_layer("vgg_preprocess") is not None
+    with pytest.raises(ValueError, match="width 64"):
+        models.build_model("fcn8", width=16, weights=str(path))
+
+
 @pytest.mark.parametrize("name", ["fastscnn", "pspnet"])
 def test_aux_heads_add_their_losses_and_leave_the_inference_model_alone(name):
     """The papers' auxiliary losses: weight 0.4, trained, and absent from the exported model."""
