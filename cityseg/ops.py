@@ -1,4 +1,4 @@
-"""Tensor ops shared by training input and the exported serving graph.
+"""Tensor ops shared by preprocessing, training input and the exported serving graph.
 
 Both sides normalise and resize through these functions, so that what the model sees at
 serving time is exactly what it saw in training (no train/serve skew).
@@ -6,6 +6,8 @@ serving time is exactly what it saw in training (no train/serve skew).
 from __future__ import annotations
 
 import tensorflow as tf
+
+from cityseg.vocabulary import VOID
 
 
 def normalize_image(image: tf.Tensor) -> tf.Tensor:
@@ -62,8 +64,6 @@ def pad_to_size(image: tf.Tensor, label: tf.Tensor | None, size) -> tuple[tf.Ten
     benchmark ignore); nothing is ever cropped, so the original pixels keep their coordinates
     and a prediction is cropped back with `[:H, :W]`.
     """
-    from cityseg.vocabulary import VOID
-
     shape = tf.shape(image)
     size = tf.convert_to_tensor(size, tf.int32)
     pad_h = tf.maximum(size[0] - shape[0], 0)
