@@ -1,6 +1,7 @@
 """Speed of `cityseg-preprocess` against a plain Python loop doing the same work.
 
     python benchmarks/preprocess_bench.py [--images 96] [--compare-modes]
+    python benchmarks/preprocess_bench.py --scaling 1,24,96,384 [--baseline-ref afae84d]
 
 Generates N full-resolution (1024x2048) synthetic Cityscapes pairs, then times
   (a) loop: one fresh process, one pair after another: decode, remap, resize to 512x1024, PNG-encode,
@@ -11,6 +12,12 @@ Generates N full-resolution (1024x2048) synthetic Cityscapes pairs, then times
       (no preprocessing can beat decoding its input once).
 With --compare-modes the job also runs with the other DirectRunner modes, which is the evidence
 for the CLI's default. Writes docs/benchmarks/preprocess.json.
+
+With --scaling N1,N2,... it generates the largest N once (the smaller trees are hard links to its
+first pairs) and, for each N, runs the loop, the job and, with --baseline-ref, the job of that
+revision (a `git worktree`, removed afterwards, first on PYTHONPATH), one after the other, each in a
+fresh process: wall seconds and the process's peak resident memory (ru_maxrss). Writes
+docs/benchmarks/job_scaling.json and .md.
 """
 from __future__ import annotations
 
@@ -84,6 +91,127 @@ def time_job(raw: Path, out: Path, extra: list[str]) -> float:
     return elapsed
 
 
+# Runs a command and prints its children's peak resident memory (KiB) on the last line: the
+# job runs in one process (worker threads), so that is the job's own peak.
+_MAXRSS = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
+
+
+def measure(command: list[str], env: dict, cwd: Path | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MiB) of one command in a fresh process."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _MAXRSS, *command], capture_output=True,
+                          text=True, env=env, cwd=cwd)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({' '.join(command)}):\n{proc.stderr[-3000:]}")
+    return elapsed, int(proc.stdout.strip().splitlines()[-1]) / 1024
+
+
+def subset(full: Path, out: Path, count: int) -> None:
+    """A raw tree of the first `count` pairs of `full`, as hard links."""
+    images = sorted((full / "leftImg8bit").rglob("*_leftImg8bit.png"))[:count]
+    for image in images:
+        image_id = image.name[: -len("_leftImg8bit.png")]
+        label = (full / "gtFine" / image.relative_to(full / "leftImg8bit")).with_name(
+            f"{image_id}_gtFine_labelIds.png")
+        for source in (image, label):
+            target = out / source.relative_to(full)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(source, target)
+
+
+def scaling(frames: list[int], work: Path, baseline_ref: str | None, output: Path) -> dict:
+    """Job and loop, time and peak memory, at each frame count (see the module docstring)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    full = work / f"raw{max(frames)}"
+    if not full.exists():
+        print(f"generating {max(frames)} pairs at {FULL_SIZE[0]}x{FULL_SIZE[1]} ...", flush=True)
+        generate(full, max(frames))
+    runs = {"loop": ([sys.executable, __file__, "--loop-only"], None, env),
+            "job": ([sys.executable, "-c", _JOB], None, env)}
+    baseline = None
+    if baseline_ref:
+        baseline = work / "baseline"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(baseline),
+                        baseline_ref], check=True, capture_output=True)
+        runs["job_baseline"] = ([sys.executable, "-c", _JOB], baseline,
+                                {**env, "PYTHONPATH": str(baseline)})
+    rows = []
+    try:
+        for count in sorted(frames):
+            raw = full if count == max(frames) else work / f"raw{count}"
+            if not raw.exists():
+                subset(full, raw, count)
+            row = {"frames": count}
+            for name, (command, cwd, run_env) in runs.items():
+                out = work / f"out-{name}-{count}"
+                shutil.rmtree(out, ignore_errors=True)
+                args = ([str(raw), str(out)] if name == "loop" else
+                        ["--input-root", str(raw), "--output-dir", str(out), "--splits", "train"])
+                seconds, rss = measure([*command, *args], run_env, cwd)
+                row[name] = {"seconds": round(seconds, 2), "peak_rss_mib": round(rss)}
+                print(f"  {count:4d} frames  {name:13s} {seconds:7.1f} s  {rss:6.0f} MiB",
+                      flush=True)
+            row["job_records_equal_loop_records"] = _same_records(
+                work / f"out-loop-{count}", work / f"out-job-{count}")
+            row["job_over_loop"] = round(row["job"]["seconds"] / row["loop"]["seconds"], 3)
+            if baseline:
+                row["job_baseline_over_loop"] = round(
+                    row["job_baseline"]["seconds"] / row["loop"]["seconds"], 3)
+            rows.append(row)
+            for name in runs:
+                shutil.rmtree(work / f"out-{name}-{count}", ignore_errors=True)
+    finally:
+        if baseline:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
+                            str(baseline)], capture_output=True)
+    report = {
+        "machine": {"nproc": os.cpu_count(), "cpu_model": cpu_model(),
+                    "python": platform.python_version(),
+                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+                    "note": "2 cores shared with other jobs while measured: compare rows "
+                            "of one run, not across runs"},
+        "raw_size": list(FULL_SIZE), "output_size": [512, 1024],
+        "job_command": "cityseg-preprocess --input-root RAW --output-dir DATA --splits train",
+        "baseline_ref": baseline_ref,
+        "rows": rows,
+    }
+    by = {row["frames"]: row for row in rows}
+    if 96 in by and 384 in by:
+        report["peak_rss_384_over_96"] = {
+            name: round(by[384][name]["peak_rss_mib"] / by[96][name]["peak_rss_mib"], 3)
+            for name in runs}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    output.with_suffix(".md").write_text(_markdown(report, list(runs)))
+    return report
+
+
+# The job as its console script runs it, importable from the cwd's tree (the baseline's).
+_JOB = "import sys; from preprocessing.pipeline import main; sys.exit(main())"
+
+
+def _markdown(report: dict, names: list[str]) -> str:
+    lines = ["# cityseg-preprocess: time and peak memory against frames", "",
+             f"Frames of {report['raw_size'][1]}x{report['raw_size'][0]} to "
+             f"{report['output_size'][1]}x{report['output_size'][0]} records, "
+             f"{report['machine']['nproc']} cores ({report['machine']['note']}). "
+             "Generated by `benchmarks/preprocess_bench.py --scaling`; baseline: "
+             f"`{report['baseline_ref']}`.", "",
+             "| frames | " + " | ".join(f"{n} s | {n} MiB" for n in names)
+             + " | job / loop | records equal |",
+             "|---:|" + "---:|---:|" * len(names) + "---:|:---:|"]
+    for row in report["rows"]:
+        cells = " | ".join(f"{row[n]['seconds']} | {row[n]['peak_rss_mib']}" for n in names)
+        lines.append(f"| {row['frames']} | {cells} | {row['job_over_loop']} | "
+                     f"{row['job_records_equal_loop_records']} |")
+    if "peak_rss_384_over_96" in report:
+        lines += ["", "Peak memory at 384 frames over 96: " + ", ".join(
+            f"{n} {v}" for n, v in report["peak_rss_384_over_96"].items())]
+    return "\n".join(lines) + "\n"
+
+
 def time_decode_floor(raw: Path) -> float:
     """Seconds to decode every PNG of the tree once on one core."""
     import tensorflow as tf
@@ -106,12 +234,26 @@ def main(argv=None) -> int:
                         help="also time in_memory and multi_threading DirectRunner modes")
     parser.add_argument("--work-dir", default=None, help="keep data here (default: a temp dir)")
     parser.add_argument("--output", default=str(REPO / "docs/benchmarks/preprocess.json"))
+    parser.add_argument("--scaling", default=None,
+                        help="comma-separated frame counts: time and peak memory of job and "
+                             "loop at each (writes docs/benchmarks/job_scaling.json)")
+    parser.add_argument("--baseline-ref", default=None,
+                        help="with --scaling: also run the job of this git revision")
     parser.add_argument("--loop-only", nargs=2, metavar=("RAW", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.loop_only:
         print(time_loop(Path(args.loop_only[0]), Path(args.loop_only[1])))
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if args.scaling:
+        work = Path(args.work_dir or tempfile.mkdtemp(prefix="preprocess-scaling-"))
+        try:
+            scaling([int(n) for n in args.scaling.split(",")], work, args.baseline_ref,
+                    REPO / "docs/benchmarks/job_scaling.json")
+        finally:
+            if not args.work_dir:
+                shutil.rmtree(work, ignore_errors=True)
+        return 0
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="preprocess-bench-"))
     raw = work / "raw"

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -48,6 +51,10 @@ FAST_DIRECT_FLAGS = ("--direct_running_mode=multi_threading", "--direct_num_work
 QUIET_WORKER_FLAGS = ("--default_sdk_harness_log_level=WARNING",
                       '--sdk_harness_log_level_overrides={"preprocessing": "INFO"}')
 PROGRESS_EVERY = 50
+# Held (fcntl.flock) for the whole run on a local DATA: a second run on the same output fails
+# at once instead of interleaving its files with the first's. The kernel drops the lock when
+# the process ends, however it ends, so a killed run leaves no stale lock to clean up.
+LOCK_FILE = ".cityseg-preprocess.lock"
 
 EPILOG = """\
 examples:
@@ -194,81 +201,85 @@ class WriteShards(beam.PTransform):
                 | "WriteShard" >> beam.ParDo(WriteShardFn(self._output_dir, self._num_shards)))
 
 
-class SplitStatsFn(beam.CombineFn):
-    """Adds up images and per-category pixels of one split."""
-
-    def create_accumulator(self):
-        return records.split_stats(())
-
-    def add_input(self, accumulator, category_pixels):
-        return records.merge_split_stats([accumulator, records.split_stats([category_pixels])])
-
-    def merge_accumulators(self, accumulators):
-        return records.merge_split_stats(accumulators)
-
-    def extract_output(self, accumulator):
-        return accumulator
+# The three summary files, one group each in WriteSummaries.
+MANIFEST, REJECTS, STATS = "manifest", "rejects", "stats"
+SUMMARIES = (MANIFEST, REJECTS, STATS)
 
 
-class WriteStats(beam.PTransform):
-    """Staged examples -> DATA/stats.json (per split counts, class weights from train)."""
+class WriteSummaries(beam.PTransform):
+    """(kind, row) -> DATA/manifest.jsonl, rejected.jsonl, stats.json.
 
-    def __init__(self, config: PreprocessConfig):
+    One GroupByKey gathers each file's rows on one worker, which writes the file. A seed row
+    per kind makes every file written even when it has no row (an all-rejected run still
+    writes its empty manifest). It replaces one ToList/ToDict combine per file: each of those
+    expands into a dozen Beam transforms, and building them was a third of the start-up of a
+    small job (docs/preprocessing.md, "Start-up").
+    """
+
+    def __init__(self, config: PreprocessConfig, rejects: Sequence[raw.Reject] = ()):
         super().__init__()
         self._config = config
-
-    def expand(self, staged):
-        return (staged
-                | "SplitAndPixels" >> beam.Map(lambda s: (s.split, s.category_pixels))
-                | "SumPerSplit" >> beam.CombinePerKey(SplitStatsFn())
-                | "Collect" >> beam.combiners.ToDict()
-                | "WriteStatsJson" >> beam.Map(write_stats, self._config))
-
-
-class WriteSortedJsonLines(beam.PTransform):
-    """Small rows -> one JSON-lines file sorted by `key`, merged with the earlier run's file
-    for splits this run did not touch."""
-
-    def __init__(self, path: str, splits: Sequence[str], key_fields: Sequence[str]):
-        super().__init__()
-        self._path = path
-        self._splits = tuple(splits)
-        self._key_fields = tuple(key_fields)
+        self._rejects = tuple(rejects)
 
     def expand(self, rows):
-        return (rows
-                | "Collect" >> beam.combiners.ToList()
-                | "Write" >> beam.Map(write_jsonl, self._path, self._splits, self._key_fields))
+        seeds = (rows.pipeline
+                 | "SeedsAndDiscoveryRejects" >> beam.Create(
+                     [(kind, None) for kind in SUMMARIES]
+                     + [(REJECTS, reject) for reject in self._rejects])
+                 | "CountDiscoveryRejects" >> beam.Map(_count_discovery_reject))
+        return ((rows, seeds)
+                | "AllRows" >> beam.Flatten()
+                | "GroupByFile" >> beam.GroupByKey()
+                | "WriteFile" >> beam.Map(write_summary, self._config))
 
 
-def _count_discovery_reject(reject: raw.Reject) -> raw.Reject:
-    Metrics.counter(METRICS_NAMESPACE, f"rejected_{reject.reason}").inc()
-    return reject
+def summary_rows(staged: Staged) -> list[tuple[str, object]]:
+    """What an accepted image adds to the summaries: its manifest row and its pixel counts."""
+    return [(MANIFEST, staged.manifest), (STATS, (staged.split, staged.category_pixels))]
+
+
+def _count_discovery_reject(row: tuple[str, object]) -> tuple[str, object]:
+    if row[1] is not None:
+        Metrics.counter(METRICS_NAMESPACE, f"rejected_{row[1].reason}").inc()
+    return row
+
+
+def write_summary(group: tuple[str, Iterable], config: PreprocessConfig) -> str:
+    """Writes one summary file from its (kind, rows) group (a None row is the seed)."""
+    kind, values = group
+    values = [v for v in values if v is not None]
+    out = config.output_dir
+    if kind == MANIFEST:
+        return write_jsonl(values, posixpath.join(out, vocab.MANIFEST_FILE), config.splits,
+                           ("split", "image_id"))
+    if kind == REJECTS:
+        return write_jsonl([r.to_json() for r in values],
+                           posixpath.join(out, vocab.REJECTED_FILE), config.splits,
+                           ("path", "reason"))
+    return write_stats(split_totals(values), config)
+
+
+def split_totals(rows: Iterable[tuple[str, Sequence[int]]]) -> dict[str, dict]:
+    """(split, category pixels of one image) rows -> records.split_stats per split."""
+    per_split = collections.defaultdict(list)
+    for split, counts in rows:
+        per_split[split].append(counts)
+    return {split: records.split_stats(counts) for split, counts in per_split.items()}
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig,
                    pairs: Sequence[raw.Pair], rejects: Sequence[raw.Reject],
                    num_shards: dict[str, int], staging_dir: str) -> None:
     """Adds the job's stages to `pipeline` (discovery already ran on the launcher)."""
-    out = config.output_dir
     encoded = (pipeline
                | "CreatePairs" >> beam.Create(list(pairs))
                | "EncodePairs" >> EncodePairs(config, staging_dir, num_shards))
     staged = encoded["encoded"]
-    discovery_rejects = (pipeline
-                         | "CreateDiscoveryRejects" >> beam.Create(list(rejects))
-                         | "CountDiscoveryRejects" >> beam.Map(_count_discovery_reject))
-    _ = staged | "WriteShards" >> WriteShards(out, num_shards)
-    _ = staged | "WriteStats" >> WriteStats(config)
-    _ = (staged
-         | "ManifestRows" >> beam.Map(lambda s: s.manifest)
-         | "WriteManifest" >> WriteSortedJsonLines(
-             posixpath.join(out, vocab.MANIFEST_FILE), config.splits, ("split", "image_id")))
-    _ = ((encoded[REJECTED], discovery_rejects)
-         | "AllRejects" >> beam.Flatten()
-         | "RejectRows" >> beam.Map(lambda r: r.to_json())
-         | "WriteRejects" >> WriteSortedJsonLines(
-             posixpath.join(out, vocab.REJECTED_FILE), config.splits, ("path", "reason")))
+    _ = staged | "WriteShards" >> WriteShards(config.output_dir, num_shards)
+    accepted = staged | "SummaryRows" >> beam.FlatMap(summary_rows)
+    rejected = encoded[REJECTED] | "RejectRows" >> beam.Map(lambda r: (REJECTS, r))
+    _ = (accepted, rejected) | "Rows" >> beam.Flatten() | "WriteSummaries" >> WriteSummaries(
+        config, rejects)
 
 
 # --- Output files ---------------------------------------------------------------------------
@@ -378,6 +389,32 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         num_shards=args.num_shards, max_pixels=args.max_pixels)
 
 
+def _runs_locally(flags: Sequence[str]) -> bool:
+    runner = PipelineOptions(list(flags)).view_as(StandardOptions).runner
+    return runner is None or runner.split(".")[-1] in ("DirectRunner", "direct")
+
+
+def local_runner(options: PipelineOptions):
+    """The runner of a job given no --runner: Beam's FnApiRunner, named explicitly.
+
+    Beam's DirectRunner (what Beam picks without --runner) first tries the Prism runner on
+    pipelines it supports, which downloads a binary from GitHub into ~/.apache_beam/cache and
+    falls back to the FnApiRunner when that fails: a network reach the user never asked for,
+    and seconds of start-up. This is the FnApiRunner set up as the DirectRunner sets it up
+    (pipeline options handed to its workers), so --direct_running_mode and
+    --direct_num_workers keep their meaning. `--runner DirectRunner` given explicitly is
+    left to Beam.
+    """
+    # Imported here: only a local run needs it (and only after TensorFlow and Beam loaded).
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
 def beam_flags(beam_args: Sequence[str], own_flags: Iterable[str]) -> list[str]:
     """Beam's flags, plus the fast DirectRunner defaults when the user chose no running mode.
 
@@ -391,8 +428,7 @@ def beam_flags(beam_args: Sequence[str], own_flags: Iterable[str]) -> list[str]:
         if arg.startswith("--") and name in own and "--" + name != own[name]:
             raise cli.CliError(f"unrecognized argument --{name} (did you mean {own[name]}?)")
     flags = list(beam_args)
-    runner = PipelineOptions(flags).view_as(StandardOptions).runner
-    direct = runner is None or runner.split(".")[-1] in ("DirectRunner", "direct")
+    direct = _runs_locally(flags)
     chose_mode = any(a.startswith(("--direct_running_mode", "--direct_num_workers"))
                      for a in flags)
     if direct and not chose_mode:
@@ -442,9 +478,17 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> Su
     own_flags = [flag for action in parser._actions for flag in action.option_strings]
     options = PipelineOptions(beam_flags(beam_args, own_flags))
     options.view_as(SetupOptions).save_main_session = save_main_session
+    chose_runner = options.view_as(StandardOptions).runner is not None
 
     if not tf.io.gfile.isdir(config.input_root):
         raise cli.CliError(f"--input-root {config.input_root} is not a directory")
+    with output_lock(config.output_dir):
+        return _run_locked(config, options, None if chose_runner else local_runner(options))
+
+
+def _run_locked(config: PreprocessConfig, options: PipelineOptions, runner) -> Summary:
+    """The run proper, while this process holds the output's lock."""
+    refuse_partial_cities(config)
     pairs, rejects = records.discover(config.input_root, config.splits, config.cities)
     rejected_path = posixpath.join(config.output_dir, vocab.REJECTED_FILE)
     if not pairs and not rejects:
@@ -461,7 +505,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> Su
                   for split in config.splits}
     staging_dir = posixpath.join(config.output_dir, f".staging-{uuid.uuid4().hex}")
     try:
-        with beam.Pipeline(options=options) as pipeline:
+        with beam.Pipeline(runner=runner, options=options) as pipeline:
             build_pipeline(pipeline, config, pairs, rejects, num_shards, staging_dir)
     finally:
         if tf.io.gfile.exists(staging_dir):
@@ -478,6 +522,64 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> Su
             f"all {sum(summary.rejected.values())} inputs were rejected; reasons in "
             f"{rejected_path}")
     return summary
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: str):
+    """Holds DATA/.cityseg-preprocess.lock (fcntl.flock, exclusive) while the run writes.
+
+    Object stores (gs://) have no such lock; there one run per output is the operator's to
+    ensure (docs/preprocessing.md).
+
+    Raises:
+      CliError: another run holds the lock (one line naming it).
+    """
+    if _is_remote(output_dir):
+        yield
+        return
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            raise cli.CliError(
+                f"another {PROG} run (pid {holder}) is writing to {output_dir}; wait for it "
+                "to finish or choose another --output-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def refuse_partial_cities(config: PreprocessConfig) -> None:
+    """Refuses a --cities run that would drop other cities' images of a split it re-runs.
+
+    A split is the unit the job writes: its shards hash every image of the split, and its
+    manifest rows and stats are replaced whole. So a run with --cities over an output that
+    already holds other cities of the same split would silently lose them; it is refused, and
+    the user re-runs the split without --cities or writes to another --output-dir.
+
+    Raises:
+      CliError: naming the split and how many images of other cities it holds.
+    """
+    if not config.cities:
+        return
+    rows = raw.read_jsonl(posixpath.join(config.output_dir, vocab.MANIFEST_FILE))
+    lost = collections.Counter(row["split"] for row in rows
+                               if row.get("split") in config.splits
+                               and row.get("city") not in config.cities)
+    if lost:
+        splits = ", ".join(f"{split} ({count})" for split, count in sorted(lost.items()))
+        raise cli.CliError(
+            f"--cities {','.join(config.cities)} would drop the images of other cities "
+            f"already in {config.output_dir} for split {splits}; re-run those splits without "
+            "--cities, or choose another --output-dir")
 
 
 def _summarise(config: PreprocessConfig, num_shards: dict[str, int],

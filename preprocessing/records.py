@@ -16,6 +16,7 @@ import fnmatch
 import json
 import math
 import posixpath
+import uuid
 import zlib
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -27,7 +28,7 @@ from cityseg import images as image_checks
 from cityseg import ops
 from cityseg import vocabulary as vocab
 from cityseg.raw import (
-    BAD_FILENAME, IMAGE_WITHOUT_LABEL, LABEL_WITHOUT_IMAGE, Pair, Reject, load_pair, read_jsonl,
+    BAD_FILENAME, DUPLICATE_IMAGE_ID, IMAGE_WITHOUT_LABEL, LABEL_WITHOUT_IMAGE, Pair, Reject, load_pair, read_jsonl,
     to_category_mask,
 )
 from cityseg.stats import CLASS_WEIGHTS_METHOD, split_class_weights
@@ -64,23 +65,71 @@ def discover(input_root: str, splits: Sequence[str], cities: Sequence[str] | Non
       splits: splits to read.
       cities: if given, only these city folders.
 
+    Every split is listed, even those not in `splits`, so that an image id found in two
+    splits is caught whichever splits a run reads (see `drop_duplicate_ids`).
+
     Returns:
-      (pairs, rejects), both sorted: rejects are the names that do not parse and the images
-      or masks that have no partner.
+      (pairs, rejects), both sorted: rejects are the names that do not parse, the images
+      or masks that have no partner, and the pairs whose id is in another split too.
     """
     pairs: list[Pair] = []
     rejects: list[Reject] = []
+    ids_by_split: dict[str, set[str]] = {}
     wanted = set(cities) if cities else None
-    for split in splits:
+    for split in vocab.SPLITS:
         images = _list_split(input_root, vocab.IMAGE_DIR, split, wanted)
         # gtFine also holds *_color.png, *_instanceIds.png and *_polygons.json: only the
         # labelIds masks are ours to read.
         labels = [rel for rel in _list_split(input_root, vocab.LABEL_DIR, split, wanted)
                   if rel.endswith(vocab.LABEL_SUFFIX)]
-        split_pairs, split_rejects = pair_files(split, images, labels)
-        pairs += split_pairs
-        rejects += split_rejects
-    return sorted(pairs), sorted(rejects)
+        ids_by_split[split] = _ids(images, vocab.IMAGE_SUFFIX) | _ids(labels, vocab.LABEL_SUFFIX)
+        if split in splits:
+            split_pairs, split_rejects = pair_files(split, images, labels)
+            pairs += split_pairs
+            rejects += split_rejects
+    pairs, duplicates = drop_duplicate_ids(pairs, ids_by_split)
+    return sorted(pairs), sorted(rejects + duplicates)
+
+
+def drop_duplicate_ids(pairs: Iterable[Pair], ids_by_split: dict[str, set[str]],
+                       ) -> tuple[list[Pair], list[Reject]]:
+    """Rejects every pair whose image id is also found in another split.
+
+    The rule: an image id belongs to one split; one found in several is rejected in all of
+    them (`duplicate_image_id`), never kept in one. Which copy is right cannot be told from the
+    names, a frame in both train and val would leak into the evaluation, and the manifest (and
+    the proxy that serves it) must list each id once.
+
+    Args:
+      pairs: the pairs found.
+      ids_by_split: every image id named (image or mask) under each split.
+
+    Returns:
+      (the pairs kept, one reject per pair dropped).
+    """
+    kept, rejects = [], []
+    for pair in pairs:
+        others = [s for s in vocab.SPLITS
+                  if s != pair.split and pair.image_id in ids_by_split.get(s, ())]
+        if others:
+            rejects.append(Reject(
+                pair.image, DUPLICATE_IMAGE_ID,
+                f"image id also under split {', '.join(others)}; an id found in several "
+                "splits is rejected in all of them", pair.split, pair.image_id))
+        else:
+            kept.append(pair)
+    return kept, rejects
+
+
+def _ids(paths: Iterable[str], suffix: str) -> set[str]:
+    """The image ids of the names that parse (the others are pair_files' bad_filename)."""
+    ids = set()
+    for rel in paths:
+        try:
+            ids.add(str(_id_of(rel, suffix)))
+        except vocab.InvalidImageIdError:
+            continue
+    return ids
 
 
 def pair_files(split: str, images: Iterable[str], labels: Iterable[str],
@@ -284,8 +333,9 @@ def write_shard(path: str, records: Iterable[bytes]) -> int:
 
 
 def _temp_name(path: str) -> str:
+    # Unique per write, so that two writers of one path never share a temporary file.
     folder, name = posixpath.split(path)
-    return posixpath.join(folder, f".{name}.tmp")
+    return posixpath.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
 
 
 def remove_stale_shards(output_dir: str, split: str, num_shards: int) -> list[str]:

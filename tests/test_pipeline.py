@@ -106,6 +106,19 @@ def _every_bad_kind(tree: RawTree) -> dict[str, str]:
     link.symlink_to(tree.root / "nowhere.png")
     tree.label("val", "frankfurt_000018_000019")
     bad[raw_pairs.UNREADABLE] = str(vocab.image_path("val", "frankfurt_000018_000019"))
+    # A FIFO named like an image would block a worker that opened it as a file.
+    fifo = tree.root / vocab.image_path("train", "aachen_000020_000019")
+    os.mkfifo(fifo)
+    tree.label("train", "aachen_000020_000019")
+    bad[raw_pairs.NOT_REGULAR_FILE] = str(vocab.image_path("train", "aachen_000020_000019"))
+    # A valid 32x64 header, then a sparse tail: more bytes than any PNG within 4096 pixels.
+    bad[raw_pairs.FILE_TOO_LARGE] = tree.image("train", "aachen_000021_000019")
+    os.truncate(tree.root / bad[raw_pairs.FILE_TOO_LARGE], 8 << 20)
+    tree.label("train", "aachen_000021_000019")
+    # The same id in train and in test (a split the runs below do not read): rejected in train.
+    bad[raw_pairs.DUPLICATE_IMAGE_ID] = tree.image("train", "aachen_000022_000019")
+    tree.label("train", "aachen_000022_000019")
+    tree.good("test", "aachen_000022_000019")
     assert set(bad) == set(raw_pairs.REASONS)
     return bad
 
@@ -158,20 +171,32 @@ def test_encode_pairs_splits_accepted_from_dead_letters(raw, tmp_path):
             for split, ids in GOOD.items() for i in ids]), label="CheckAccepted")
         reasons = out[pipeline.REJECTED] | "Reasons" >> beam.Map(lambda r: r.reason)
         expected = [r for r in raw_pairs.REASONS if r not in (
-            raw_pairs.BAD_FILENAME, raw_pairs.IMAGE_WITHOUT_LABEL, raw_pairs.LABEL_WITHOUT_IMAGE)]
+            raw_pairs.BAD_FILENAME, raw_pairs.IMAGE_WITHOUT_LABEL, raw_pairs.LABEL_WITHOUT_IMAGE,
+            raw_pairs.DUPLICATE_IMAGE_ID)]
         assert_that(reasons, equal_to(expected), label="CheckRejected")
 
 
-def test_split_stats_combine_adds_up_per_split():
+def test_split_totals_add_up_per_split():
     rows = [("train", (1, 2, 0, 0, 0, 0, 0, 0)), ("train", (0, 3, 0, 0, 0, 0, 0, 1)),
             ("val", (4, 0, 0, 0, 0, 0, 0, 0))]
+    assert pipeline.split_totals(rows) == {
+        "train": {"images": 2, "category_pixels": [1, 5, 0, 0, 0, 0, 0, 1],
+                  "category_image_pixels": [3, 7, 0, 0, 0, 0, 0, 4]},
+        "val": {"images": 1, "category_pixels": [4, 0, 0, 0, 0, 0, 0, 0],
+                "category_image_pixels": [4, 0, 0, 0, 0, 0, 0, 0]}}
+
+
+def test_write_summaries_writes_every_file_even_without_rows(tmp_path):
+    config = pipeline.PreprocessConfig(str(tmp_path), str(tmp_path), ("train",), image_size=SIZE)
+    reject = raw_pairs.Reject("leftImg8bit/train/x.png", raw_pairs.BAD_FILENAME, "bad", "train")
     with beam_testing.TestPipeline(argv=IN_MEMORY) as p:
-        stats = p | beam.Create(rows) | beam.CombinePerKey(pipeline.SplitStatsFn())
-        assert_that(stats, equal_to([
-            ("train", {"images": 2, "category_pixels": [1, 5, 0, 0, 0, 0, 0, 1],
-                       "category_image_pixels": [3, 7, 0, 0, 0, 0, 0, 4]}),
-            ("val", {"images": 1, "category_pixels": [4, 0, 0, 0, 0, 0, 0, 0],
-                     "category_image_pixels": [4, 0, 0, 0, 0, 0, 0, 0]})]))
+        written = (p | beam.Create([]).with_output_types(tuple)
+                   | pipeline.WriteSummaries(config, [reject]))
+        assert_that(written, equal_to([str(tmp_path / name) for name in (
+            vocab.MANIFEST_FILE, vocab.REJECTED_FILE, vocab.STATS_FILE)]))
+    assert (tmp_path / vocab.MANIFEST_FILE).read_text() == ""
+    assert json.loads((tmp_path / vocab.REJECTED_FILE).read_text())["reason"] == "bad_filename"
+    assert json.loads((tmp_path / vocab.STATS_FILE).read_text())["train"]["images"] == 0
 
 
 # --- Whole runs -----------------------------------------------------------------------------
@@ -342,24 +367,67 @@ def test_fast_direct_defaults_only_when_no_mode_was_chosen():
 
 # --- End to end, as the README runs it ------------------------------------------------------
 
+# Loaded first by every Python process started with it on PYTHONPATH: refuses and records any
+# connection or name lookup outside this machine, as on a machine with no network.
+NO_NETWORK_SITECUSTOMIZE = """
+import os, socket
+_LOG = os.environ["NO_NETWORK_LOG"]
+_LOCAL = ("localhost", "127.0.0.1", "::1", "0.0.0.0", "", None)
+_getaddrinfo, _create_connection = socket.getaddrinfo, socket.create_connection
+
+def _refuse(host):
+    with open(_LOG, "a") as log:
+        log.write(f"{host}\\n")
+    raise OSError(f"network unreachable (test): {host}")
+
+def getaddrinfo(host, *args, **kwargs):
+    if host not in _LOCAL:
+        _refuse(host)
+    return _getaddrinfo(host, *args, **kwargs)
+
+def create_connection(address, *args, **kwargs):
+    if address[0] not in _LOCAL:
+        _refuse(address[0])
+    return _create_connection(address, *args, **kwargs)
+
+socket.getaddrinfo, socket.create_connection = getaddrinfo, create_connection
+"""
+
+
 @pytest.mark.slow
-def test_synth_then_console_script_then_read_back(tmp_path):
+def test_synth_then_console_script_offline_then_read_back(tmp_path):
+    """As the README runs it, on a machine without network: no download is tried (Beam's
+    DirectRunner would fetch the Prism runner into ~/.apache_beam/cache/prism first)."""
     synth = pytest.importorskip("preprocessing.synth")
     raw = tmp_path / "raw"
     written = synth.generate(raw, cities=1, images_per_city=2, splits=("train", "val"),
                              sizes=((64, 128),), seed=1)
     out = tmp_path / "data"
+    site, home, log = tmp_path / "site", tmp_path / "home", tmp_path / "network.log"
+    site.mkdir()
+    home.mkdir()
+    (site / "sitecustomize.py").write_text(NO_NETWORK_SITECUSTOMIZE)
     script = Path(sys.executable).with_name("cityseg-preprocess")
     command = [str(script)] if script.exists() else [
         sys.executable, "-c", "import sys; from preprocessing.pipeline import main; "
         "sys.exit(main())"]
-    # As the README runs it: the CLI's DirectRunner default (one worker thread per core).
+    closed = "http://127.0.0.1:9"  # the discard port: nothing listens
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "HOME": str(home),
+           "NO_NETWORK_LOG": str(log), "HTTP_PROXY": closed, "HTTPS_PROXY": closed,
+           "http_proxy": closed, "https_proxy": closed,
+           # Beam's local workers talk gRPC over loopback, which gRPC would also send through
+           # the (closed) proxy: loopback is no network.
+           "no_proxy": "localhost,127.0.0.1", "NO_PROXY": "localhost,127.0.0.1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    # As the README runs it: the CLI's default (one worker thread per core).
     proc = subprocess.run(
         [*command, "--input-root", str(raw), "--output-dir", str(out), "--splits", "train,val",
-         "--image-size", "32x64"],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+         "--image-size", "32x64", "-v"],
+        capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not log.exists(), log.read_text()
+    assert not (home / ".apache_beam").exists()
+    assert "prism" not in proc.stderr.lower()
     assert f"wrote {out}" in proc.stdout and "accepted: train 2, val 2" in proc.stdout
     for split in ("train", "val"):
         examples = _read_examples(out, split)
@@ -371,3 +439,85 @@ def test_synth_then_console_script_then_read_back(tmp_path):
             label = tf.io.decode_png(example[vocab.FEATURE_LABEL]).numpy()[..., 0]
             np.testing.assert_array_equal(label, vocab.remap_labels(raw_ids[1::2, 1::2]))
     assert (out / vocab.REJECTED_FILE).read_text() == ""
+
+
+def test_the_local_default_is_the_fn_api_runner_not_the_direct_runner():
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    runner = pipeline.local_runner(PipelineOptions(["--direct_running_mode=in_memory"]))
+    assert isinstance(runner, fn_runner.FnApiRunner)
+
+
+# --- Duplicates, partial re-runs, concurrent runs -------------------------------------------
+
+def test_an_id_in_two_splits_is_rejected_in_both_and_the_proxy_reads_the_manifest(tmp_path):
+    tree = RawTree(tmp_path / "raw")
+    tree.good("train", "aachen_000000_000019")
+    tree.good("train", "aachen_000001_000019")
+    tree.good("val", "aachen_000001_000019")  # the same frame filed under val as well
+    tree.good("val", "frankfurt_000002_000019")
+    out = tmp_path / "data"
+    summary = pipeline.run(_argv(tree.root, out), save_main_session=False)
+    assert summary.accepted == {"train": 1, "val": 1}
+    assert summary.rejected == {raw_pairs.DUPLICATE_IMAGE_ID: 2}
+    rejected = [json.loads(line) for line in (out / vocab.REJECTED_FILE).read_text().splitlines()]
+    assert [(r["split"], r["image_id"], r["reason"]) for r in rejected] == [
+        ("train", "aachen_000001_000019", "duplicate_image_id"),
+        ("val", "aachen_000001_000019", "duplicate_image_id")]
+    assert "also under split val" in rejected[0]["detail"]
+    manifest = [json.loads(line) for line in (out / vocab.MANIFEST_FILE).read_text().splitlines()]
+    assert [m["image_id"] for m in manifest] == ["aachen_000000_000019",
+                                                 "frankfurt_000002_000019"]
+    resolver = pytest.importorskip("proxy.resolver")
+    assert [r.image_id for r in resolver.load_manifest(out / vocab.MANIFEST_FILE)] == [
+        "aachen_000000_000019", "frankfurt_000002_000019"]
+
+
+def test_a_second_run_on_the_same_output_fails_at_once_with_one_line(raw, tmp_path, capsys):
+    out = tmp_path / "data"
+    with pipeline.output_lock(str(out)):  # a run in progress
+        code = pipeline.main(_argv(raw.root, out))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0] == (f"cityseg-preprocess: error: another cityseg-preprocess run "
+                      f"(pid {os.getpid()}) is writing to {out}; wait for it to finish or "
+                      "choose another --output-dir")
+    assert not (out / vocab.MANIFEST_FILE).exists()
+
+
+def test_the_lock_is_released_when_a_run_ends_or_its_process_dies(tmp_path):
+    out = tmp_path / "data"
+    with pipeline.output_lock(str(out)):
+        pass
+    with pipeline.output_lock(str(out)):  # taken again: released by the first
+        pass
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from preprocessing import pipeline\n"
+         f"with pipeline.output_lock({str(out)!r}):\n print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(pipeline.cli.CliError, match=f"pid {holder.pid}"):
+            with pipeline.output_lock(str(out)):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with pipeline.output_lock(str(out)):  # a killed run leaves no stale lock
+        pass
+
+
+def test_cities_over_an_output_holding_other_cities_of_the_split_is_refused(raw, tmp_path,
+                                                                            capsys):
+    out = tmp_path / "data"
+    pipeline.run(_argv(raw.root, out, "--cities", "aachen"), save_main_session=False)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # The same cities again: allowed (it replaces exactly what it wrote).
+    pipeline.run(_argv(raw.root, out, "--cities", "aachen"), save_main_session=False)
+    code = pipeline.main(_argv(raw.root, out, "--cities", "bremen"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("cityseg-preprocess: error: --cities bremen would drop the images "
+                              "of other cities already in")
+    assert "for split train (2)" in err[-1]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
