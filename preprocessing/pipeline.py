@@ -8,7 +8,7 @@ The per-record work lives in preprocessing/records.py; this module wires it into
 stages. Determinism: each image goes to shard crc32(id) % N, each shard is written by one
 worker in image-id order, so a re-run on the same input writes the same bytes to the same files.
 Encoded examples are staged as one small file each and only their paths cross the shuffle, so
-memory stays flat (even on the DirectRunner, which buffers every shuffle in memory).
+memory stays flat (even on the local runner, which buffers every shuffle in memory).
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ LOCK_FILE = ".cityseg-preprocess.lock"
 
 EPILOG = """\
 examples:
-  # the default: all splits, 512x1024 records, one worker process per core
+  # the default: all splits, 512x1024 records, one worker thread per core, no network
   cityseg-preprocess --input-root raw --output-dir data
 
   # native resolution, two cities, a fixed shard count
