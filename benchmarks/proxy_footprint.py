@@ -80,7 +80,7 @@ def start_proxy(python: str, tree: Path, *, data_dir: Path, raw_root: Path, grpc
     process = subprocess.Popen(
         [python, "-m", "proxy.cli", "--data-dir", str(data_dir), "--raw-root", str(raw_root),
          "--serving", f"127.0.0.1:{grpc_port}", "--model", MODEL, "--port", str(port),
-         "--workers", "1", "--threads", "4"],
+         "--workers", "1"],
         cwd=tree, env=env, stdout=logs, stderr=subprocess.STDOUT)
     try:
         while True:
@@ -292,7 +292,7 @@ def main(argv=None) -> int:
     today, new = proxies["today"], proxies["new"]
     report = {
         "benchmark": "proxy_footprint",
-        "what": "cityseg-proxy (gunicorn, 1 worker x 4 threads) against cityseg-serve with a "
+        "what": "cityseg-proxy (gunicorn, 1 worker) against cityseg-serve with a "
                 "tiny model: process start -> first 200 on /readyz; VmRSS of the gunicorn master "
                 "and its worker once ready; installed size of the proxy's dependency closure",
         "machine": machine_facts(),

@@ -80,7 +80,9 @@ def export_stand_in(models_dir: Path, name: str, input_size: tuple[int, int]) ->
     x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(inputs)
     x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(x)
     x = keras.layers.Conv2D(V.NUM_CATEGORIES, 1)(x)
-    outputs = keras.layers.UpSampling2D(4, interpolation="bilinear")(x)
+    # Back to the input size by a learned 4x upsampling: UpSampling2D cannot be traced on the
+    # export's frames of any size (it asks Python whether a symbolic size is known).
+    outputs = keras.layers.Conv2DTranspose(V.NUM_CATEGORIES, 4, strides=4)(x)
     # Frames are shrunk to a long side of max(input_size) in the graph, aspect kept.
     export_model(keras.Model(inputs, outputs), models_dir, name, stride=4,
                  max_long_side=max(input_size), version=1,
@@ -172,7 +174,6 @@ def main(argv=None) -> int:
     parser.add_argument("--input-size", type=parse_size, default=(256, 512),
                         help="stand-in model's input size HxW")
     parser.add_argument("--workers", type=int, default=1, help="proxy gunicorn workers")
-    parser.add_argument("--threads", type=int, default=8, help="proxy threads per worker")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -210,8 +211,7 @@ def main(argv=None) -> int:
             proxy = subprocess.Popen(
                 [str(BIN / "cityseg-proxy"), "--data-dir", str(data_dir), "--raw-root",
                  str(raw_root), "--serving", f"127.0.0.1:{grpc_port}", "--model", args.model,
-                 "--port", str(http_port), "--workers", str(args.workers), "--threads",
-                 str(args.threads)],
+                 "--port", str(http_port), "--workers", str(args.workers)],
                 stdout=logs, stderr=subprocess.STDOUT, env=env)
             url = f"http://127.0.0.1:{http_port}"
             wait_until(lambda: requests.get(f"{url}/readyz", timeout=2).status_code == 200,
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
                    "images": len(ids), "image_size": list(args.size),
                    "model": args.model if args.models_dir else
                    f"{args.model} (stand-in, input {args.input_size[0]}x{args.input_size[1]})",
-                   "proxy_workers": args.workers, "proxy_threads": args.threads},
+                   "proxy_workers": args.workers},
         "results": results,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -8,7 +8,7 @@ COPY setup.cfg setup.py pyproject.toml README.md ./
 COPY cityseg ./cityseg
 COPY serving ./serving
 COPY proxy ./proxy
-# The proxy extra only: Flask, gunicorn, grpcio, protobuf, numpy, Pillow, prometheus-client;
+# The proxy extra only: Flask, gunicorn, gevent, grpcio, protobuf, numpy, Pillow, prometheus-client;
 # no TensorFlow, Keras or Beam (the gRPC messages are serving/wire_pb2.py).
 RUN pip install '.[proxy]' && useradd --create-home --uid 10001 cityseg
 USER cityseg

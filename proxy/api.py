@@ -9,10 +9,11 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 from cityseg import images as I
 from cityseg import vocabulary as V
 from proxy import masks
-from proxy.errors import RETRY_AFTER_S, error_response
+from proxy.errors import RETRY_AFTER_S, error_response, log_serving_failure
 from proxy.openapi import openapi_document
-from proxy.resolver import ImageRecord, Resolver
-from serving.client import ServingError
+from proxy.resolver import CorruptFile, ImageRecord, Resolver
+from serving.client import (ServingError, ServingInvalidArgument, ServingTimeout,
+                            ServingUnavailable)
 
 bp = Blueprint("proxy", __name__)
 
@@ -152,10 +153,14 @@ def readyz():
     name = gateway().model
     try:
         versions = gateway().ready_versions()
+    except (ServingUnavailable, ServingTimeout) as err:
+        log_serving_failure(err)
+        return _not_ready("model server unreachable")
     except ServingError as err:
-        return _not_ready(f"model server not ready: {err}")
+        log_serving_failure(err)
+        return _not_ready(f"model server reachable; model {name} not available")
     if not versions:
-        return _not_ready(f"model {name} has no AVAILABLE version")
+        return _not_ready(f"model server reachable; model {name} has no AVAILABLE version")
     return jsonify(status="ready", model={"name": name, "versions": versions})
 
 
@@ -175,7 +180,12 @@ def index():
 # --- helpers -----------------------------------------------------------------------------
 
 def _predict_record(record: ImageRecord):
-    prediction = gateway().predict([resolver().read_image(record)])
+    try:
+        prediction = gateway().predict([resolver().read_image(record)])
+    except ServingInvalidArgument as err:
+        # The stored file went to the server unchanged: its refusal is a fault of our data,
+        # not of the client's request (an upload refused this way is the client's: 400).
+        raise CorruptFile(f"stored image of {record.image_id} is corrupt") from err
     return prediction, masks.decode_mask(prediction.masks[0])
 
 

@@ -3,8 +3,8 @@
 Nothing happens at import time. The factory reads the settings (`proxy.settings`: the keys, also
 read from `CITYSEG_*` environment variables such as `CITYSEG_DATA_DIR`), loads the manifest,
 opens (lazily) the gRPC connection to the model server, registers the routes, the JSON error
-handlers and the request metrics, and fails at once with a one-line message when the
-configuration is impossible.
+handlers, the request-body deadline and the request metrics, and fails at once with a one-line
+message when the configuration is impossible.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from flask import Flask
 
 from proxy.api import bp
+from proxy.deadlines import install_body_deadline
 from proxy.errors import register_error_handlers
 from proxy.gateway import ServingGateway
 from proxy.resolver import Resolver
@@ -49,4 +50,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(bp)
     register_error_handlers(app)
     install_metrics(app)
+    # After the metrics' timer starts: the body's time and a 408 are counted too.
+    install_body_deadline(app)
     return app

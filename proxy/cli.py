@@ -22,12 +22,14 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # gunicorn kills a worker that stays silent this much longer than the gRPC deadline, so a slow
 # model answers 504 through the handler instead of the worker being killed mid-request.
 WORKER_TIMEOUT_MARGIN_S = 20
+# gevent workers (see proxy.worker): slow clients hold greenlets, not the threads that answer.
+WORKER_CLASS = "proxy.worker.GeventGrpcWorker"
 
 EPILOG = """\
 examples:
-  # production: gunicorn, 2 worker processes x 8 threads, on all interfaces
+  # production: gunicorn, 2 gevent worker processes, on all interfaces
   cityseg-proxy --data-dir data --raw-root raw --serving localhost:8500 --model unet \\
-      --host 0.0.0.0 --workers 2 --threads 8
+      --host 0.0.0.0 --workers 2
 
   # development: Flask's server with the debugger and reloader
   cityseg-proxy --data-dir data --raw-root raw --serving localhost:8500 --model unet --debug
@@ -52,24 +54,27 @@ class ProxyConfig:
     host: str = "127.0.0.1"
     port: int = 5000
     workers: int = 1
-    threads: int = 8
+    connections: int = 1000
     timeout_s: float = 10.0
+    read_timeout_s: int = 15
     max_pixels: int | None = None
     debug: bool = False
 
     def __post_init__(self):
         if not 0 <= self.port < 65536:
             raise CliError(f"--port must be 0..65535, not {self.port}")
-        if self.workers < 1 or self.threads < 1:
-            raise CliError("--workers and --threads must be at least 1")
+        if self.workers < 1 or self.connections < 1:
+            raise CliError("--workers and --connections must be at least 1")
         if self.timeout_s <= 0:
             raise CliError(f"--timeout must be positive, not {self.timeout_s}")
+        if self.read_timeout_s < 1:
+            raise CliError(f"--read-timeout must be at least 1 s, not {self.read_timeout_s}")
 
     def app_config(self) -> dict:
         """The `create_app` configuration for these settings."""
         config = {"DATA_DIR": self.data_dir, "RAW_ROOT": self.raw_root,
                   "SERVING": self.serving, "MODEL": self.model,
-                  "SERVING_TIMEOUT_S": self.timeout_s}
+                  "SERVING_TIMEOUT_S": self.timeout_s, "READ_TIMEOUT_S": self.read_timeout_s}
         if self.max_pixels is not None:
             config["MAX_PIXELS"] = self.max_pixels
         return config
@@ -94,12 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="HTTP port (env CITYSEG_PORT)")
     parser.add_argument("--workers", type=int, default=int(env("CITYSEG_WORKERS", "1")),
                         help="gunicorn worker processes (env CITYSEG_WORKERS)")
-    parser.add_argument("--threads", type=int, default=int(env("CITYSEG_THREADS", "8")),
-                        help="threads per worker: concurrent requests each (env CITYSEG_THREADS)")
+    parser.add_argument("--connections", type=int,
+                        default=int(env("CITYSEG_CONNECTIONS", "1000")),
+                        help="most client connections one worker holds at once, slow ones "
+                             "included (env CITYSEG_CONNECTIONS)")
     parser.add_argument("--timeout", type=float, dest="timeout_s",
                         default=float(env("CITYSEG_TIMEOUT", "10")),
                         help="deadline of each model-server call in seconds; gunicorn's worker "
                              f"timeout is this + {WORKER_TIMEOUT_MARGIN_S} (env CITYSEG_TIMEOUT)")
+    parser.add_argument("--read-timeout", type=int, dest="read_timeout_s",
+                        default=int(env("CITYSEG_READ_TIMEOUT", "15")),
+                        help="seconds a client has to send a request's headers (from its "
+                             "connection or its previous answer), and again its body; also "
+                             "how long an idle keep-alive connection stays open "
+                             "(env CITYSEG_READ_TIMEOUT)")
     parser.add_argument("--max-pixels", type=int, default=None,
                         help="largest upload in pixels (default: 16 Mpx)")
     parser.add_argument("--debug", action="store_true",
@@ -172,7 +185,7 @@ def _worker_exited(server, worker) -> None:
 
 
 def run_gunicorn(config: ProxyConfig) -> None:
-    """Runs the app under gunicorn: `workers` processes x `threads` threads (gthread).
+    """Runs the app under gunicorn: `workers` gevent processes of `connections` each.
 
     `PROMETHEUS_MULTIPROC_DIR` must name an empty folder before this process imports
     prometheus_client (`_main` makes a fresh one), so that `/metrics` adds up all workers.
@@ -184,8 +197,11 @@ def run_gunicorn(config: ProxyConfig) -> None:
             options = {
                 "bind": f"{config.host}:{config.port}",
                 "workers": config.workers,
-                "threads": config.threads,
-                "worker_class": "gthread",
+                "worker_class": WORKER_CLASS,
+                "worker_connections": config.connections,
+                # The gevent worker reads each request's headers under this deadline (and
+                # closes a connection idle for as long); proxy.deadlines bounds the body.
+                "keepalive": config.read_timeout_s,
                 "timeout": int(config.timeout_s) + WORKER_TIMEOUT_MARGIN_S,
                 "graceful_timeout": 10,
                 "accesslog": "-",
@@ -207,8 +223,9 @@ def run_gunicorn(config: ProxyConfig) -> None:
 
             return create_app(config.app_config())
 
-    log.info("gunicorn on http://%s:%d/ (%d worker(s) x %d threads)", config.host, config.port,
-             config.workers, config.threads)
+    log.info("gunicorn on http://%s:%d/ (%d gevent worker(s) x %d connections, read timeout "
+             "%d s)", config.host, config.port, config.workers, config.connections,
+             config.read_timeout_s)
     ProxyApplication().run()
 
 

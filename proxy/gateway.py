@@ -1,4 +1,4 @@
-"""The proxy's connection to the model server, shared by the threads of one worker.
+"""The proxy's connection to the model server, shared by the requests of one worker.
 
 The channel outlives model-server restarts: `GrpcClient` caps gRPC's reconnect back-off, so a
 restarted server is reached again within a third of a second without replacing anything here.

@@ -56,6 +56,7 @@ def _image_route(summary: str, ok: dict, *, style: bool, serving: bool) -> dict:
         "200": ok,
         "400": _error("malformed image id or query"),
         "404": _error("unknown image id, or its files are unavailable"),
+        "500": _error("a stored image or label of this id is corrupt"),
     }
     if serving:
         responses.update({
@@ -192,6 +193,7 @@ def openapi_document() -> dict[str, Any]:
             "responses": {
                 "200": _PNG,
                 "400": _error("missing, empty or unreadable image"),
+                "408": _error("the body did not arrive within the read deadline"),
                 "413": _error("body or image too large"),
                 "415": _error("not a PNG or JPEG"),
                 "502": _error("the model server failed"),

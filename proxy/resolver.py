@@ -29,6 +29,11 @@ class ImageNotFound(LookupError):
     """A well-formed id that the manifest does not list (or whose file is unavailable)."""
 
 
+class CorruptFile(ValueError):
+    """A listed file that cannot be read as what it should be: the deployment's data is at
+    fault, not the client's request (500). The message names the image id only."""
+
+
 class ManifestError(ValueError):
     """The manifest is missing or malformed: a start-up failure, reported in one line."""
 
@@ -141,16 +146,16 @@ class Resolver:
 
         Raises:
           ImageNotFound: if the label file is missing or outside the raw root.
-          cityseg.vocabulary.InvalidLabelError: if the label is not a one-channel PNG or holds
-            ids outside 0..33.
+          CorruptFile: if the label is not a one-channel PNG or holds ids outside 0..33 (the
+            decoder's message is its `__cause__`).
         """
         if not record.label:
             return None
+        data = self._read(record.label, record.image_id)
         try:
-            label_ids = masks.decode_mask(self._read(record.label, record.image_id))
-        except masks.MaskError as err:
-            raise V.InvalidLabelError(f"label of {record.image_id}: {err}") from None
-        return V.remap_labels(label_ids)
+            return V.remap_labels(masks.decode_mask(data))
+        except (masks.MaskError, V.InvalidLabelError) as err:
+            raise CorruptFile(f"ground truth of {record.image_id} is corrupt") from err
 
     def _read(self, relative: str, image_id: str) -> bytes:
         path = self._inside_root(relative)

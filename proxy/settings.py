@@ -14,6 +14,7 @@ its multi-process folder is set (see `proxy.cli`).
 | `SERVING_RETRIES` | retries of UNAVAILABLE within that deadline (default 2) |
 | `MAX_CONTENT_LENGTH` | largest accepted request body in bytes (default 20 MiB) |
 | `MAX_PIXELS` | largest accepted upload in pixels (default `cityseg.images.DEFAULT_MAX_PIXELS`) |
+| `READ_TIMEOUT_S` | seconds a request body has to arrive after its headers (15; `proxy.deadlines`) |
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "SERVING_RETRIES": 2,
     "MAX_CONTENT_LENGTH": 20 * 1024 * 1024,
     "MAX_PIXELS": DEFAULT_MAX_PIXELS,
+    "READ_TIMEOUT_S": 15,
 }
 REQUIRED = ("DATA_DIR", "RAW_ROOT", "SERVING", "MODEL")
 
@@ -61,5 +63,7 @@ def _check(config: Mapping[str, Any]) -> None:
         raise ValueError(f"serving timeout must be positive, not {config['SERVING_TIMEOUT_S']}")
     if int(config["SERVING_RETRIES"]) < 0:
         raise ValueError(f"serving retries must be >= 0, not {config['SERVING_RETRIES']}")
+    if float(config["READ_TIMEOUT_S"]) <= 0:
+        raise ValueError(f"read timeout must be positive, not {config['READ_TIMEOUT_S']}")
     if int(config["MAX_PIXELS"]) <= 0:
         raise ValueError(f"max pixels must be positive, not {config['MAX_PIXELS']}")

@@ -6,9 +6,11 @@ serve docker/models.config with cityseg-serve, base paths remapped to a temporar
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -130,8 +132,97 @@ def test_proxy_dockerfile_command_is_a_valid_proxy_command_line(compose):
     args = build_parser().parse_args(cmd[1:])
     assert args.serving == "tfserving:8500" and args.model in MODEL_NAMES
     assert "tfserving" in compose["services"]  # the host name the proxy dials
-    assert "5000:5000" in compose["services"]["proxy"]["ports"]
+    assert args.port == 5000 and compose["services"]["proxy"]["expose"] == ["5000"]
+    assert "ports" not in compose["services"]["proxy"]  # clients reach it through `front`
     assert compose["services"]["proxy"]["depends_on"]["tfserving"]["condition"] == "service_healthy"
+
+
+def parse_nginx(text: str) -> list:
+    """nginx's configuration grammar, enough to check ours: [(name, [args], block or None)].
+
+    Raises AssertionError for what nginx would refuse: a directive without its `;`, an
+    unbalanced brace.
+    """
+    tokens = re.findall(r'"[^"]*"|[{};]|[^\s{};]+', re.sub(r"#[^\n]*", "", text))
+    stack, current, words = [], [], []
+    for token in tokens:
+        if token == ";":
+            assert words, "a stray ';'"
+            current.append((words[0], words[1:], None))
+            words = []
+        elif token == "{":
+            assert words, "a block without a name"
+            block: list = []
+            current.append((words[0], words[1:], block))
+            stack.append(current)
+            current, words = block, []
+        elif token == "}":
+            assert not words, f"{words} lacks its ';'"
+            assert stack, "an unbalanced '}'"
+            current = stack.pop()
+        else:
+            words.append(token)
+    assert not words and not stack, "unterminated directive or block"
+    return current
+
+
+def nginx_directives(block: list, name: str) -> list:
+    return [(args, inner) for directive, args, inner in block if directive == name]
+
+
+def nginx_seconds(value: str) -> float:
+    match = re.fullmatch(r"(\d+)(ms|s|m)?", value)
+    assert match, value
+    return int(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, None: 1}[match.group(2)]
+
+
+@pytest.fixture(scope="module")
+def nginx() -> list:
+    return parse_nginx((DOCKER / "nginx.conf").read_text())
+
+
+def test_compose_puts_nginx_in_front_of_the_proxy(compose):
+    front = compose["services"]["front"]
+    assert front["image"].startswith("nginx:")
+    assert front["ports"] == ["5000:5000"]
+    assert volume_mounts(front)["/etc/nginx/nginx.conf"] == "./nginx.conf"
+    assert front["depends_on"]["proxy"]["condition"] == "service_healthy"
+
+
+def test_nginx_buffers_slow_clients_before_the_proxy(nginx):
+    from proxy.cli import ProxyConfig
+    from proxy.settings import DEFAULTS
+
+    (_, http), = nginx_directives(nginx, "http")
+    settings = {name: args for name, args, inner in http if inner is None}
+    # Every read from and write to a client has a deadline (nginx's default is 60 s each).
+    for name in ("client_header_timeout", "client_body_timeout", "send_timeout"):
+        assert 0 < nginx_seconds(settings[name][0]) <= 30, name
+    # Bodies larger than the proxy takes are refused at the front, with the proxy's limit.
+    assert settings["client_max_body_size"] == [f"{DEFAULTS['MAX_CONTENT_LENGTH'] // 2**20}m"]
+    (upstream_args, upstream), = nginx_directives(http, "upstream")
+    assert nginx_directives(upstream, "server") == [([f"proxy:{ProxyConfig.port}"], None)]
+    (_, server), = nginx_directives(http, "server")
+    (_, location), = nginx_directives(server, "location")
+    proxying = {name: args for name, args, inner in location if inner is None}
+    assert proxying["proxy_pass"] == [f"http://{upstream_args[0]}"]
+    assert proxying["proxy_request_buffering"] == ["on"] and proxying["proxy_buffering"] == ["on"]
+    # nginx waits longer than the proxy's own deadline, so the client reads the proxy's 504.
+    assert nginx_seconds(proxying["proxy_read_timeout"][0]) > ProxyConfig.timeout_s
+    (listen,), = [args for args, _ in nginx_directives(server, "listen")]
+    assert listen == "5000"
+
+
+def test_nginx_accepts_its_configuration(tmp_path):
+    binary = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    if binary is None:
+        pytest.skip("nginx is not installed (apt-get install nginx): the shape test still ran")
+    # `proxy` resolves inside compose only; nginx -t looks the upstream up.
+    config = tmp_path / "nginx.conf"
+    config.write_text((DOCKER / "nginx.conf").read_text().replace("proxy:5000", "127.0.0.1:5000"))
+    result = subprocess.run([binary, "-t", "-c", str(config), "-e", "/dev/stderr"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
 
 
 def _requirements(*extras: str) -> set[str]:
@@ -160,7 +251,7 @@ def test_proxy_image_installs_only_the_proxy_extra():
     # Only the packages the proxy imports are in the image.
     assert set(re.findall(r"^COPY (\w+) \./", text, re.M)) == {"cityseg", "serving", "proxy"}
     proxy = _requirements("proxy")
-    assert {"flask", "gunicorn", "grpcio", "protobuf", "numpy", "pillow",
+    assert {"flask", "gunicorn", "gevent", "grpcio", "protobuf", "numpy", "pillow",
             "prometheus-client"} <= proxy
     assert not proxy & {"tensorflow", "tensorflow-serving-api", "keras", "apache-beam",
                         "matplotlib"}

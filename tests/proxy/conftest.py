@@ -9,8 +9,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +213,54 @@ class LiveServer:
     def __exit__(self, *exc_info) -> None:
         self._server.shutdown()
         self._thread.join(timeout=10)
+
+
+class GunicornProxy:
+    """`cityseg-proxy` (gunicorn) in a subprocess against the model server `serving`.
+
+    `with GunicornProxy(dataset, serving, port, *flags) as proxy:` returns once /healthz
+    answers 200; on leaving, SIGTERM, and the exit must be clean. `proxy.output` then holds its
+    log (unless `output` named a file to write it to).
+    """
+
+    def __init__(self, dataset, serving, port: int, *flags: str, output=subprocess.PIPE):
+        data_dir, raw_root, _ = dataset
+        self.url = f"http://127.0.0.1:{port}"
+        self.output = ""
+        self._argv = [sys.executable, "-m", "proxy.cli", "--data-dir", str(data_dir),
+                      "--raw-root", str(raw_root), "--serving",
+                      f"127.0.0.1:{serving.grpc_port}", "--model", MODEL_NAME,
+                      "--port", str(port), *flags]
+        self._stdout = output
+        self.process = None
+
+    def __enter__(self) -> "GunicornProxy":
+        import requests
+
+        self.process = subprocess.Popen(self._argv, stdout=self._stdout,
+                                        stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 90
+        while True:
+            assert self.process.poll() is None, (self.process.communicate()[0] or "")[-2000:]
+            try:
+                # A connection made while the worker still boots waits in the listen queue.
+                if requests.get(f"{self.url}/healthz", timeout=10).status_code == 200:
+                    return self
+            except (requests.ConnectionError, requests.Timeout):
+                pass
+            assert time.monotonic() < deadline, "gunicorn did not answer within 90 s"
+            time.sleep(0.5)
+
+    def __exit__(self, *exc_info) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.output = self.process.communicate(timeout=30)[0] or ""
+        assert self.process.returncode == 0, self.output[-2000:]
+
+
+@pytest.fixture(scope="session")
+def gunicorn_proxy():
+    """Returns `GunicornProxy`: `with gunicorn_proxy(dataset, serving, port) as proxy: ...`."""
+    return GunicornProxy
 
 
 @pytest.fixture(scope="session")

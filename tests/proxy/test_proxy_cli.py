@@ -4,12 +4,8 @@ from __future__ import annotations
 import collections
 import random
 import re
-import signal
 import string
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +26,9 @@ def test_help_shows_examples(capsys):
     (["--raw-root", "/tmp", "--model", "m"], "--data-dir is required"),
     (["--data-dir", "/nonexistent", "--raw-root", "/tmp", "--model", "m"], "manifest not found"),
     (["--data-dir", "/tmp", "--raw-root", "/tmp", "--model", "m", "--workers", "0"],
-     "--workers and --threads must be at least 1"),
+     "--workers and --connections must be at least 1"),
+    (["--data-dir", "/tmp", "--raw-root", "/tmp", "--model", "m", "--read-timeout", "0"],
+     "--read-timeout must be at least 1 s"),
     (["--data-dir", "/tmp", "--raw-root", "/tmp", "--model", "m", "--timeout", "0"],
      "--timeout must be positive"),
 ])
@@ -52,47 +50,17 @@ def test_environment_variables_are_the_defaults(monkeypatch, dataset):
         str(data_dir), str(raw_root), "tiny", 5123, 3)
 
 
-def start_proxy(dataset, serving, port: int, *flags: str, output=subprocess.PIPE):
-    """`cityseg-proxy` (gunicorn) in a subprocess; returns it once /healthz answers 200."""
-    data_dir, raw_root, _ = dataset
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "--data-dir", str(data_dir), "--raw-root",
-         str(raw_root), "--serving", f"127.0.0.1:{serving.grpc_port}", "--model", "tiny",
-         "--port", str(port), *flags],
-        stdout=output, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 90
-    while True:
-        assert process.poll() is None, (process.communicate()[0] or "")[-2000:]
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return process
-        except requests.ConnectionError:
-            pass
-        assert time.monotonic() < deadline, "gunicorn did not answer within 90 s"
-        time.sleep(0.5)
-
-
-def stop_proxy(process) -> str:
-    process.send_signal(signal.SIGTERM)
-    output = process.communicate(timeout=30)[0] or ""
-    assert process.returncode == 0, output[-2000:]
-    return output
-
-
 @pytest.mark.slow
-def test_gunicorn_serves_the_api(dataset, serving, free_tcp_port):
-    url = f"http://127.0.0.1:{free_tcp_port}"
-    process = start_proxy(dataset, serving, free_tcp_port, "--workers", "1", "--threads", "4")
-    try:
+def test_gunicorn_serves_the_api(dataset, serving, free_tcp_port, gunicorn_proxy):
+    with gunicorn_proxy(dataset, serving, free_tcp_port, "--workers", "1") as proxy:
+        url = proxy.url
         assert requests.get(f"{url}/readyz", timeout=10).status_code == 200
         response = requests.get(f"{url}/api/v1/images/frankfurt_000000_000294/segmentation",
                                 timeout=30)
         assert response.status_code == 200
         assert response.json()["model"] == {"name": "tiny", "version": 1}
         assert requests.get(f"{url}/api/v1/images/..%2f/image.png", timeout=10).status_code == 400
-    finally:
-        output = stop_proxy(process)
-    assert "gthread" in output or "Booting worker" in output
+    assert "Booting worker" in proxy.output and "gevent worker(s)" in proxy.output
 
 
 def healthz_pids(log: Path) -> collections.Counter:
@@ -103,16 +71,14 @@ def healthz_pids(log: Path) -> collections.Counter:
 
 @pytest.mark.slow
 def test_gunicorn_metrics_add_up_both_workers(dataset, serving, free_tcp_port, tmp_path,
-                                              exposition):
+                                              exposition, gunicorn_proxy):
     url = f"http://127.0.0.1:{free_tcp_port}"
     log = tmp_path / "proxy.log"
     folders_before = set(Path(tempfile.gettempdir()).glob("cityseg-proxy-metrics-*"))
-    with open(log, "w") as output:
-        process = start_proxy(dataset, serving, free_tcp_port, "--workers", "2", "--threads",
-                              "2", output=output)
-    try:
+    with open(log, "w") as output, gunicorn_proxy(dataset, serving, free_tcp_port,
+                                                  "--workers", "2", output=output):
         # Each call on a new connection; go on until the log shows that both workers answered.
-        sent = 1  # start_proxy's last /healthz
+        sent = 1  # the last /healthz of the start
         while len(healthz_pids(log)) < 2:
             for _ in range(10):
                 assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
@@ -131,8 +97,6 @@ def test_gunicorn_metrics_add_up_both_workers(dataset, serving, free_tcp_port, t
                                  status="405") == 25
             assert metrics.label_values(requests_total, "method") <= {"GET", "other"}
         per_worker = healthz_pids(log)
-    finally:
-        stop_proxy(process)
     assert len(per_worker) == 2 and all(0 < n < sent for n in per_worker.values()), per_worker
     # The multi-process folder was a fresh one, and it is gone.
     assert set(Path(tempfile.gettempdir()).glob("cityseg-proxy-metrics-*")) <= folders_before

@@ -31,7 +31,7 @@ def test_serving_stop_gives_503_and_restart_recovers_without_restarting_the_prox
         elapsed = time.monotonic() - started
         assert response.status_code == 503, (path, response.data[:200])
         error = response.get_json()["error"]
-        assert "unavailable" in error or "not ready" in error, error
+        assert error in ("model server unavailable", "model server unreachable"), error
         assert response.headers["Retry-After"]
         assert elapsed < 3.0, f"{path} took {elapsed:.2f} s to report the outage"
     # Files that do not need the model keep working while it is down.

@@ -251,9 +251,14 @@ def _truncated_png() -> bytes:
 
 
 def _corrupt_png() -> bytes:
-    # A valid header (so the proxy's checks pass) over garbage pixels: the model server
-    # itself must reject it, with INVALID_ARGUMENT.
-    return png_bytes(np.zeros((8, 8, 3), np.uint8))[:33] + b"\x00garbage-not-a-zlib-stream" * 4
+    # Well-formed chunks (so the proxy's header checks pass) whose pixel data is garbage: the
+    # model server itself must reject it, with INVALID_ARGUMENT.
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (len(data).to_bytes(4, "big") + kind + data
+                + zlib.crc32(kind + data).to_bytes(4, "big"))
+
+    header = png_bytes(np.zeros((8, 8, 3), np.uint8))[:33]  # signature and IHDR
+    return header + chunk(b"IDAT", b"\x00garbage-not-a-zlib-stream" * 4) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("name, data, field, status", [
@@ -289,6 +294,98 @@ def test_body_over_max_content_length_is_413(proxy_app_factory, serving):
     data = png_bytes(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
     assert len(data) > 2000
     assert_json_error(upload(app.test_client(), data), 413)
+
+
+# --- what errors do not tell ---------------------------------------------------------------
+# The model server's own words (TF node names, file paths, peer addresses) and a decoder's
+# (object reprs) go to the log; a client reads the proxy's one-line messages.
+
+INTERNALS = ("node", "{{", "INVALID_ARGUMENT", "ipv4:", "127.0.0.1", "object at 0x", "BytesIO",
+             "Traceback", "/tmp")
+
+
+def assert_tells_no_internals(response, *extra: str) -> str:
+    text = response.get_data(as_text=True)
+    for word in INTERNALS + extra:
+        assert word not in text, (word, text)
+    error = response.get_json()["error"]
+    assert "\n" not in error
+    return error
+
+
+def test_upload_the_server_rejects_is_400_in_the_proxys_words(client, caplog):
+    response = upload(client, _corrupt_png())
+    assert_json_error(response, 400)
+    assert assert_tells_no_internals(response) == "model server rejected the image"
+    assert "INVALID_ARGUMENT" in caplog.text  # the operator still reads what the server said
+
+
+def test_unreachable_model_server_is_named_without_its_address(proxy_app_factory, free_tcp_port,
+                                                              caplog):
+    client = proxy_app_factory(f"127.0.0.1:{free_tcp_port}", SERVING_TIMEOUT_S=2.0).test_client()
+    ready = client.get("/readyz")
+    assert_json_error(ready, 503)
+    assert assert_tells_no_internals(ready, str(free_tcp_port)) == "model server unreachable"
+    segmentation = client.get(f"{BASE}/segmentation")
+    assert_json_error(segmentation, 503)
+    assert assert_tells_no_internals(segmentation, str(free_tcp_port)) == (
+        "model server unavailable")
+    assert f"127.0.0.1:{free_tcp_port}" in caplog.text  # the address stays in the log
+
+
+def test_readiness_names_a_missing_model_on_a_reachable_server(proxy_app_factory, serving):
+    response = proxy_app_factory(f"127.0.0.1:{serving.grpc_port}", MODEL="other").test_client(
+        ).get("/readyz")
+    assert_json_error(response, 503)
+    assert assert_tells_no_internals(response) == (
+        "model server reachable; model other not available")
+
+
+CORRUPT_LABEL = "corrupt_000000_000001"      # label bytes that are no PNG
+OUT_OF_TABLE_LABEL = "corrupt_000000_000002"  # a PNG label holding id 200
+CORRUPT_IMAGE = "corrupt_000000_000003"      # a PNG header over garbage pixels
+
+
+@pytest.fixture
+def corrupt_client(tmp_path, proxy_app_factory, serving):
+    """A proxy whose manifest lists files that are broken on the server side."""
+    raw_root, data_dir = tmp_path / "raw", tmp_path / "data"
+    image = png_bytes(np.full((12, 20, 3), 128, np.uint8))
+    label = np.full((12, 20), 7, np.uint8)
+    out_of_table = label.copy()
+    out_of_table[0, 0] = 200
+    files = {CORRUPT_LABEL: (image, b"not a png at all"),
+             OUT_OF_TABLE_LABEL: (image, png_bytes(out_of_table)),
+             CORRUPT_IMAGE: (_corrupt_png(), png_bytes(label))}
+    data_dir.mkdir()
+    with open(data_dir / V.MANIFEST_FILE, "w") as manifest:
+        for image_id, (image_bytes, label_bytes) in files.items():
+            image_rel, label_rel = V.image_path("val", image_id), V.label_path("val", image_id)
+            for relative, data in ((image_rel, image_bytes), (label_rel, label_bytes)):
+                (raw_root / relative).parent.mkdir(parents=True, exist_ok=True)
+                (raw_root / relative).write_bytes(data)
+            manifest.write(json.dumps({
+                "image_id": image_id, "split": "val", "city": "corrupt", "image": str(image_rel),
+                "label": str(label_rel), "height": 12, "width": 20}) + "\n")
+    return proxy_app_factory(f"127.0.0.1:{serving.grpc_port}", DATA_DIR=str(data_dir),
+                             RAW_ROOT=str(raw_root)).test_client()
+
+
+@pytest.mark.parametrize("image_id, suffix, message", [
+    (CORRUPT_LABEL, "ground_truth.png", f"ground truth of {CORRUPT_LABEL} is corrupt"),
+    (CORRUPT_LABEL, "segmentation", f"ground truth of {CORRUPT_LABEL} is corrupt"),
+    (OUT_OF_TABLE_LABEL, "ground_truth.png", f"ground truth of {OUT_OF_TABLE_LABEL} is corrupt"),
+    # The proxy sent its own stored file: the server's refusal is our data's fault, not the
+    # client's request (a 400 would tell the client to change something it cannot).
+    (CORRUPT_IMAGE, "segmentation", f"stored image of {CORRUPT_IMAGE} is corrupt"),
+    (CORRUPT_IMAGE, "prediction.png", f"stored image of {CORRUPT_IMAGE} is corrupt"),
+])
+def test_corrupt_stored_files_are_500_naming_the_image_id(corrupt_client, caplog, image_id,
+                                                          suffix, message):
+    response = corrupt_client.get(f"/api/v1/images/{image_id}/{suffix}")
+    assert_json_error(response, 500)
+    assert assert_tells_no_internals(response) == message
+    assert image_id in caplog.text
 
 
 # --- operations ----------------------------------------------------------------------------
