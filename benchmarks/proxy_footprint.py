@@ -34,7 +34,8 @@ from importlib import metadata
 from pathlib import Path
 
 from bench_machine import machine_facts  # the script's folder is on sys.path
-from proxy_load import export_stand_in, free_port, wait_until, write_dataset
+from proxy_load import (baseline_worktree, export_stand_in, free_port, model_server, stop,
+                        write_dataset)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -103,11 +104,7 @@ def start_proxy(python: str, tree: Path, *, data_dir: Path, raw_root: Path, grpc
                 "worker_rss_mb": [rss_mb(w) for w in workers],
                 "master_maps_libtensorflow": maps_libtensorflow(process.pid)}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
 
 
 def which_source(python: str, tree: Path) -> str:
@@ -225,13 +222,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="proxy-footprint-") as tmp:
         base = Path(tmp)
         baseline = base / "baseline"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline),
-                        args.baseline_ref], check=True, capture_output=True)
-        logs = open(base / "services.log", "w")
-        serve = None
-        try:
-            revision = subprocess.run(["git", "-C", str(baseline), "rev-parse", "--short", "HEAD"],
-                                      capture_output=True, text=True, check=True).stdout.strip()
+        with baseline_worktree(args.baseline_ref, baseline) as revision, \
+                open(base / "services.log", "w") as logs:
             proxy_venv = args.proxy_venv
             if proxy_venv is None and not args.no_install:
                 proxy_venv = base / "proxy-venv"
@@ -241,32 +233,22 @@ def main(argv=None) -> int:
                                                   size=(128, 256))
             models_dir = base / "models"
             export_stand_in(models_dir, MODEL, (64, 128))
-            grpc_port, rest_port = free_port(), free_port()
-            serve = subprocess.Popen(
-                [str(Path(sys.executable).parent / "cityseg-serve"), "--models-dir", str(models_dir),
-                 "--grpc-port", str(grpc_port), "--rest-port", str(rest_port)],
-                cwd=ROOT, stdout=logs, stderr=subprocess.STDOUT,
-                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
-            from serving.client import GrpcClient
-
-            with GrpcClient(f"127.0.0.1:{grpc_port}", timeout_s=2.0) as probe:
-                wait_until(lambda: any(s == "AVAILABLE" for _, s in probe.model_status(MODEL)),
-                           "cityseg-serve", 180, serve)
-
-            variants = {"today": (sys.executable, baseline), "new": (sys.executable, ROOT)}
-            if proxy_venv is not None:
-                variants["new, proxy-only install"] = (str(proxy_venv / "bin" / "python"), ROOT)
-            sources = {name: which_source(python, tree)
-                       for name, (python, tree) in variants.items()}
-            runs = {name: [] for name in variants}
-            for index in range(args.runs):
-                for name, (python, tree) in variants.items():
-                    runs[name].append(start_proxy(python, tree, data_dir=data_dir,
-                                                  raw_root=raw_root, grpc_port=grpc_port,
-                                                  logs=logs))
-                    log.info("run %d %-24s %s", index + 1, name, runs[name][-1])
-            proxies = {name: {"python": variants[name][0], "imports_from": sources[name],
-                              **summarize_runs(r)} for name, r in runs.items()}
+            with model_server(models_dir, MODEL, logs) as grpc_port:
+                variants = {"today": (sys.executable, baseline), "new": (sys.executable, ROOT)}
+                if proxy_venv is not None:
+                    variants["new, proxy-only install"] = (str(proxy_venv / "bin" / "python"),
+                                                           ROOT)
+                sources = {name: which_source(python, tree)
+                           for name, (python, tree) in variants.items()}
+                runs = {name: [] for name in variants}
+                for index in range(args.runs):
+                    for name, (python, tree) in variants.items():
+                        runs[name].append(start_proxy(python, tree, data_dir=data_dir,
+                                                      raw_root=raw_root, grpc_port=grpc_port,
+                                                      logs=logs))
+                        log.info("run %d %-24s %s", index + 1, name, runs[name][-1])
+                proxies = {name: {"python": variants[name][0], "imports_from": sources[name],
+                                  **summarize_runs(r)} for name, r in runs.items()}
 
             sizes = {
                 "today, install_requires (the proxy's only option)": closure_mb(
@@ -281,13 +263,6 @@ def main(argv=None) -> int:
                     "note": "pip and setuptools included"}
             sizes["this venv (cityseg[test]), du of site-packages"] = {
                 "mb": du_mb(site_packages(Path(sys.prefix)))}
-        finally:
-            if serve is not None:
-                serve.terminate()
-                serve.wait(timeout=30)
-            logs.close()
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                            str(baseline)], check=False)
 
     today, new = proxies["today"], proxies["new"]
     report = {

@@ -12,6 +12,7 @@ count and model to docs/benchmarks/proxy_load.json. Exits 1 if any request faile
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 from bench_machine import cpu_model  # the script's folder is on sys.path
 
@@ -101,6 +103,50 @@ def wait_until(check, what: str, timeout_s: float, process: subprocess.Popen) ->
             pass
         time.sleep(0.5)
     raise RuntimeError(f"{what} not ready within {timeout_s:.0f} s")
+
+
+def stop(process: subprocess.Popen | None) -> None:
+    """Terminates a service, and kills it if it has not left within 30 s."""
+    if process is None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@contextlib.contextmanager
+def model_server(models_dir: Path, model: str, logs) -> Iterator[int]:
+    """The real `cityseg-serve` on `models_dir` once `model` is AVAILABLE; yields its gRPC port."""
+    from serving.client import GrpcClient
+
+    grpc_port, rest_port = free_port(), free_port()
+    serve = subprocess.Popen(
+        [str(BIN / "cityseg-serve"), "--models-dir", str(models_dir), "--grpc-port",
+         str(grpc_port), "--rest-port", str(rest_port)],
+        cwd=ROOT, stdout=logs, stderr=subprocess.STDOUT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
+    try:
+        with GrpcClient(f"127.0.0.1:{grpc_port}", timeout_s=2.0) as probe:
+            wait_until(lambda: any(s == "AVAILABLE" for _, s in probe.model_status(model)),
+                       "cityseg-serve", 180, serve)
+        yield grpc_port
+    finally:
+        stop(serve)
+
+
+@contextlib.contextmanager
+def baseline_worktree(ref: str, path: Path) -> Iterator[str]:
+    """A `git worktree` of `ref` at `path` while the block runs; yields its short commit."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), ref],
+                   check=True, capture_output=True)
+    try:
+        yield subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
+                       check=False)
 
 
 def run_load(url: str, ids: list[str], *, clients: int, duration_s: float) -> dict:
@@ -194,42 +240,25 @@ def main(argv=None) -> int:
             log.info("exporting the stand-in model")
             export_stand_in(models_dir, args.model, args.input_size)
 
-        grpc_port, rest_port, http_port = free_port(), free_port(), free_port()
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-        logs = open(base / "services.log", "w")
-        serve = subprocess.Popen(
-            [str(BIN / "cityseg-serve"), "--models-dir", str(models_dir), "--grpc-port",
-             str(grpc_port), "--rest-port", str(rest_port)],
-            stdout=logs, stderr=subprocess.STDOUT, env=env)
-        proxy = None
-        try:
-            from serving.client import GrpcClient
-
-            with GrpcClient(f"127.0.0.1:{grpc_port}", timeout_s=2.0) as probe:
-                wait_until(lambda: any(s == "AVAILABLE" for _, s in probe.model_status(args.model)),
-                           "cityseg-serve", 180, serve)
+        http_port = free_port()
+        with open(base / "services.log", "w") as logs, \
+                model_server(models_dir, args.model, logs) as grpc_port:
             proxy = subprocess.Popen(
                 [str(BIN / "cityseg-proxy"), "--data-dir", str(data_dir), "--raw-root",
                  str(raw_root), "--serving", f"127.0.0.1:{grpc_port}", "--model", args.model,
                  "--port", str(http_port), "--workers", str(args.workers)],
-                stdout=logs, stderr=subprocess.STDOUT, env=env)
-            url = f"http://127.0.0.1:{http_port}"
-            wait_until(lambda: requests.get(f"{url}/readyz", timeout=2).status_code == 200,
-                       "cityseg-proxy", 180, proxy)
-            for image_id in ids:  # warm-up: every id once, every worker's first call
-                requests.get(f"{url}/api/v1/images/{image_id}/segmentation", timeout=60)
-            log.info("load: %d clients for %.0f s over %d ids", args.clients, args.duration,
-                     len(ids))
-            results = run_load(url, ids, clients=args.clients, duration_s=args.duration)
-        finally:
-            for process in (proxy, serve):
-                if process is not None:
-                    process.terminate()
-                    try:
-                        process.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-            logs.close()
+                stdout=logs, stderr=subprocess.STDOUT)
+            try:
+                url = f"http://127.0.0.1:{http_port}"
+                wait_until(lambda: requests.get(f"{url}/readyz", timeout=2).status_code == 200,
+                           "cityseg-proxy", 180, proxy)
+                for image_id in ids:  # warm-up: every id once, every worker's first call
+                    requests.get(f"{url}/api/v1/images/{image_id}/segmentation", timeout=60)
+                log.info("load: %d clients for %.0f s over %d ids", args.clients, args.duration,
+                         len(ids))
+                results = run_load(url, ids, clients=args.clients, duration_s=args.duration)
+            finally:
+                stop(proxy)
 
     report = {
         "benchmark": "proxy_load",

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from bench_machine import machine_facts  # the script's folder is on sys.path
-from proxy_load import export_stand_in, free_port, wait_until, write_dataset
+from proxy_load import (baseline_worktree, export_stand_in, free_port, model_server, stop,
+                        wait_until, write_dataset)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -124,11 +125,7 @@ def measure(tree: Path, *, data_dir: Path, raw_root: Path, grpc_port: int, ids: 
         with slow_clients(port, args.slow_clients):
             loaded = answer_times(url, ids, requests_n=args.requests, timeout_s=args.timeout)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
     ratio = loaded["p50_ms"] / unloaded["p50_ms"]
     return {"unloaded": unloaded, "with_slow_clients": loaded, "p50_ratio": round(ratio, 2),
             "meets_target": bool(ratio < TARGET_RATIO and not loaded["unanswered"])}
@@ -159,40 +156,17 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="proxy-slow-clients-") as tmp:
         base = Path(tmp)
         baseline = base / "baseline"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline),
-                        args.baseline_ref], check=True, capture_output=True)
-        logs = open(base / "services.log", "w")
-        serve = None
-        try:
-            revision = subprocess.run(["git", "-C", str(baseline), "rev-parse", "--short", "HEAD"],
-                                      capture_output=True, text=True, check=True).stdout.strip()
+        with baseline_worktree(args.baseline_ref, baseline) as revision, \
+                open(base / "services.log", "w") as logs:
             data_dir, raw_root, ids = write_dataset(base, cities=1, images_per_city=4,
                                                     size=args.size)
             export_stand_in(base / "models", MODEL, args.input_size)
-            grpc_port, rest_port = free_port(), free_port()
-            serve = subprocess.Popen(
-                [str(Path(sys.executable).parent / "cityseg-serve"), "--models-dir",
-                 str(base / "models"), "--grpc-port", str(grpc_port), "--rest-port",
-                 str(rest_port)],
-                cwd=ROOT, stdout=logs, stderr=subprocess.STDOUT,
-                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
-            from serving.client import GrpcClient
-
-            with GrpcClient(f"127.0.0.1:{grpc_port}", timeout_s=2.0) as probe:
-                wait_until(lambda: any(s == "AVAILABLE" for _, s in probe.model_status(MODEL)),
-                           "cityseg-serve", 180, serve)
-            results = {}
-            for name, tree in (("before", baseline), ("after", ROOT)):
-                results[name] = measure(tree, data_dir=data_dir, raw_root=raw_root,
-                                        grpc_port=grpc_port, ids=ids, args=args, logs=logs)
-                log.info("%s: %s", name, results[name])
-        finally:
-            if serve is not None:
-                serve.terminate()
-                serve.wait(timeout=30)
-            logs.close()
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                            str(baseline)], check=False)
+            with model_server(base / "models", MODEL, logs) as grpc_port:
+                results = {}
+                for name, tree in (("before", baseline), ("after", ROOT)):
+                    results[name] = measure(tree, data_dir=data_dir, raw_root=raw_root,
+                                            grpc_port=grpc_port, ids=ids, args=args, logs=logs)
+                    log.info("%s: %s", name, results[name])
 
     report = {
         "benchmark": "proxy_slow_clients",
