@@ -4,7 +4,8 @@ The semantics follow TF Serving's BatchingParameters: a batch is closed when it 
 `max_batch_size` rows or when its first request has waited `batch_timeout_micros`; at most
 `max_enqueued_batches` batches wait (more are refused with UNAVAILABLE, as TF Serving does);
 `num_batch_threads` batches run at once. Requests whose inputs cannot be stacked (different
-trailing shapes) run in a batch of their own.
+trailing shapes) run in a batch of their own. A request whose caller has left (cancelled, or
+past its deadline) by the time a batch takes it is not run (`admission.caller_left`).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Callable
 import grpc
 import numpy as np
 
+from serving.admission import ANYONE, Caller, caller_left
 from serving.config import BatchingOptions
 from serving.errors import RequestError
 
@@ -27,10 +29,11 @@ Inputs = dict[str, np.ndarray]
 
 
 class _Task:
-    __slots__ = ("inputs", "rows", "future")
+    __slots__ = ("inputs", "rows", "future", "caller")
 
-    def __init__(self, inputs: Inputs):
+    def __init__(self, inputs: Inputs, caller: Caller):
         self.inputs = inputs
+        self.caller = caller
         self.rows = _rows(inputs)
         self.future: Future = Future()
 
@@ -63,9 +66,16 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, inputs: Inputs) -> Inputs:
-        """Runs `inputs` as part of a batch and returns this request's rows of the outputs."""
-        task = _Task(inputs)
+    def submit(self, inputs: Inputs, caller: Caller = ANYONE) -> Inputs:
+        """Runs `inputs` as part of a batch and returns this request's rows of the outputs.
+
+        Raises:
+          RequestError: UNAVAILABLE when the queue is full or the model unloads, CANCELLED or
+            DEADLINE_EXCEEDED when the caller left before a batch took the request.
+        """
+        task = _Task(inputs, caller)
+        if caller.left():
+            raise caller_left(caller)
         if task.rows is None or task.rows > self.options.max_batch_size:
             return self._run(inputs)  # too big or not batchable: run it on its own
         if self._closed:
@@ -90,6 +100,8 @@ class Batcher:
             first = self._queue.get()
             if first is None:
                 return
+            if self._dropped(first):
+                continue
             batch, rows = [first], first.rows
             deadline = time.monotonic() + timeout_s
             stop = False
@@ -103,6 +115,8 @@ class Batcher:
                 if task is None:
                     stop = True
                     break
+                if self._dropped(task):
+                    continue
                 if rows + task.rows > self.options.max_batch_size:
                     self._execute(batch)
                     batch, rows = [], 0
@@ -112,7 +126,16 @@ class Batcher:
             if stop:
                 return
 
+    @staticmethod
+    def _dropped(task: _Task) -> bool:
+        """Answers a task whose caller left (True) instead of batching it in."""
+        if not task.caller.left():
+            return False
+        task.future.set_exception(caller_left(task.caller))
+        return True
+
     def _execute(self, batch: list[_Task]) -> None:
+        batch = [task for task in batch if not self._dropped(task)]
         if not batch:
             return
         groups: list[list[_Task]] = []

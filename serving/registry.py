@@ -1,10 +1,16 @@
 """The served models: which versions are loaded, and how requests reach them.
 
-Each model folder is polled for version sub-folders (positive integers, as TF Serving expects).
-A new version is loaded fully (and warmed up) before requests are routed to it; the version it
-replaces stops getting new requests at that moment but stays loaded until its in-flight calls
-have finished, so a swap never fails a request. States follow TF Serving's ModelVersionStatus:
-START -> LOADING -> AVAILABLE -> UNLOADING -> END.
+Each model folder is polled for version sub-folders, named as TF Serving reads them: ASCII
+digits, leading zeros allowed (`00000123` is version 123), holding `saved_model.pb` or
+`saved_model.pbtxt`. A new version is loaded fully (and warmed up) before requests are routed to
+it; the version it replaces stops getting new requests at that moment but stays loaded until its
+in-flight calls have finished, so a swap never fails a request. States follow TF Serving's
+ModelVersionStatus: START -> LOADING -> AVAILABLE -> UNLOADING -> END.
+
+What the disk says is trusted only when it could be read: a models folder or model folder that
+cannot be listed (a remount, a permission change) leaves every loaded version serving. A version
+that fails to load (e.g. copied non-atomically: `saved_model.pb` before `variables/`) is retried
+with back-off, and each distinct failure is logged once.
 """
 from __future__ import annotations
 
@@ -18,11 +24,17 @@ from typing import Callable, Iterator
 
 import grpc
 
+from serving.admission import WorkQueue
 from serving.config import BatchingOptions, ModelConfig, models_in_dir
 from serving.errors import RequestError
+from serving.limits import RequestLimits
 from serving.servable import LoadedVersion
 
 log = logging.getLogger(__name__)
+
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+# Retries of a version that failed to load: after 1 s, then twice as long each time, up to this.
+MAX_RETRY_S = 60.0
 
 
 @dataclass
@@ -38,10 +50,20 @@ class VersionStatus:
 class _Model:
     """Book-keeping for one model name."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, from_dir: bool = False):
         self.config = config
+        self.from_dir = from_dir  # found in --models-dir (not configured): gone when it is gone
         self.statuses: dict[int, VersionStatus] = {}
         self.loaded: dict[int, LoadedVersion] = {}   # AVAILABLE versions, routable
+
+
+@dataclass
+class _Failure:
+    """A version that failed to load: when to try again, and what it said last."""
+
+    message: str
+    attempts: int = 1
+    retry_at: float = 0.0
 
 
 class ModelRegistry:
@@ -50,15 +72,22 @@ class ModelRegistry:
     def __init__(self, configs: list[ModelConfig] | None = None, *,
                  models_dir: Path | None = None, batching: BatchingOptions | None = None,
                  unload_grace_s: float = 60.0,
-                 on_batch: Callable[[str, int], None] | None = None):
+                 on_batch: Callable[[str, int], None] | None = None,
+                 limits: RequestLimits = RequestLimits(), work: WorkQueue | None = None,
+                 first_retry_s: float = 1.0):
         if configs is None and models_dir is None:
             raise ValueError("give model configs or a models dir")
         self.models_dir = models_dir
         self.batching = batching
         self.on_batch = on_batch  # (model name, rows) of every batched call
         self.unload_grace_s = unload_grace_s
+        self.limits = limits
+        self.work = work
+        self.first_retry_s = first_retry_s
         self._models: dict[str, _Model] = {c.name: _Model(c) for c in configs or []}
-        self._failed: set[tuple[str, int]] = set()
+        self._failed: dict[tuple[str, int], _Failure] = {}
+        self._unreadable: set[str] = set()   # folders whose listing failed at the last poll
+        self._ignored: set[Path] = set()     # folders named like no version, logged once
         self._lock = threading.RLock()
         self._poll_lock = threading.Lock()
 
@@ -143,66 +172,136 @@ class ModelRegistry:
     # --- loading ------------------------------------------------------------------------
 
     def poll(self) -> None:
-        """Loads new versions, then retires versions the policy no longer wants."""
+        """Loads new versions, then retires versions the policy no longer wants.
+
+        A folder that cannot be listed changes nothing; one model's trouble never stops the
+        others from being polled.
+        """
         with self._poll_lock:
-            if self.models_dir is not None:
-                self._discover_models()
+            present_models = self._discover_models() if self.models_dir is not None else None
             with self._lock:
                 models = list(self._models.values())
             for model in models:
-                self._sync(model)
+                if model.from_dir and present_models is not None \
+                        and model.config.name not in present_models:
+                    self._sync(model, {})  # its folder is gone from a listing that worked
+                    continue
+                versions = self._versions_on_disk(model.config.base_path)
+                if versions is not None:
+                    self._sync(model, versions)
 
-    def _discover_models(self) -> None:
+    def _discover_models(self) -> set[str] | None:
+        """Adds new model folders; returns the names listed, or None if the listing failed."""
         try:
             found = models_in_dir(self.models_dir)
         except OSError as err:
-            log.warning("cannot list %s: %s", self.models_dir, err)
-            return
+            self._warn_unreadable(self.models_dir, err)
+            return None
+        self._unreadable.discard(str(self.models_dir))
         with self._lock:
             for config in found:
                 if config.name not in self._models:
                     log.info("found model %r in %s", config.name, config.base_path)
-                    self._models[config.name] = _Model(config)
+                    self._models[config.name] = _Model(config, from_dir=True)
+        return {config.name for config in found}
 
-    def _sync(self, model: _Model) -> None:
+    def _versions_on_disk(self, base_path: Path) -> dict[int, Path] | None:
+        """{version: folder} under a model folder; None if it cannot be listed.
+
+        Version folders are named with ASCII digits as TF Serving reads them (`00000123` is 123);
+        a name that only looks numeric to Python (`³`, `١`) is ignored and logged once. Where
+        two folders name one version, the first in sorted order is taken.
+        """
+        try:
+            entries = sorted(Path(base_path).iterdir())
+            versions: dict[int, Path] = {}
+            for path in entries:
+                if not path.is_dir() or path.name.startswith("."):
+                    continue
+                if not (path.name.isascii() and path.name.isdigit()):
+                    if path.name.isdigit() and path not in self._ignored:
+                        self._ignored.add(path)
+                        log.warning("ignoring %s: version folders are named with ASCII digits",
+                                    path)
+                    continue
+                version = int(path.name)
+                if version > 0 and version not in versions \
+                        and any((path / name).is_file() for name in SAVED_MODEL_FILES):
+                    versions[version] = path
+        except OSError as err:
+            self._warn_unreadable(base_path, err)
+            return None
+        self._unreadable.discard(str(base_path))
+        return versions
+
+    def _warn_unreadable(self, path: Path, err: OSError) -> None:
+        if str(path) not in self._unreadable:
+            self._unreadable.add(str(path))
+            log.warning("cannot list %s (%s); serving what is loaded until it can be read",
+                        path, err.strerror or err)
+
+    def _sync(self, model: _Model, on_disk: dict[int, Path]) -> None:
         config = model.config
-        # A version that failed to load is left out, so the one before it keeps serving.
-        present = [v for v in _versions_on_disk(config.base_path)
-                   if (config.name, v) not in self._failed]
-        wanted = config.policy.select(present)
-        for version in wanted:
+        now = time.monotonic()
+        # A version that failed to load is left out until its retry is due, so the one before
+        # it keeps serving meanwhile.
+        failed = {v: f for (name, v), f in self._failed.items() if name == config.name}
+        due = [v for v in on_disk if v not in failed or failed[v].retry_at <= now]
+        for version in config.policy.select(due):
             if version not in model.loaded:
-                self._load(model, version)
-        wanted = config.policy.select([v for v in present if (config.name, v) not in self._failed])
+                self._load(model, version, on_disk[version])
+        loadable = [v for v in on_disk if (config.name, v) not in self._failed]  # after loads
+        wanted = config.policy.select(loadable)
         with self._lock:
             stale = [v for v in model.loaded if v not in wanted]
         for version in stale:
             self._retire(model, version)
+        for key in [k for k in self._failed if k[0] == config.name and k[1] not in on_disk]:
+            del self._failed[key]  # the folder went away: a new one starts afresh
 
-    def _load(self, model: _Model, version: int) -> None:
-        name, path = model.config.name, model.config.base_path / str(version)
+    def _load(self, model: _Model, version: int, path: Path) -> None:
+        name = model.config.name
         with self._lock:
             model.statuses[version] = VersionStatus(version, "LOADING")
         started = time.monotonic()
-        log.info("loading model %r version %d from %s", name, version, path)
+        failure = self._failed.get((name, version))
+        if failure is None:
+            log.info("loading model %r version %d from %s", name, version, path)
         try:
-            loaded = LoadedVersion(name, version, path, self.batching, self.on_batch)
+            loaded = LoadedVersion(name, version, path, self.batching, self.on_batch,
+                                   limits=self.limits, work=self.work)
             warmed = loaded.warm_up()
         except Exception as err:  # noqa: BLE001 - any load failure is reported, never fatal
-            log.error("failed to load model %r version %d: %s", name, version, err)
-            self._failed.add((name, version))
-            with self._lock:
-                model.statuses[version] = VersionStatus(
-                    version, "END", grpc.StatusCode.UNKNOWN, " ".join(str(err).split()))
+            self._failed_to_load(model, version, path, " ".join(str(err).split()))
             return
+        self._failed.pop((name, version), None)
         with self._lock:
             model.loaded[version] = loaded
             model.statuses[version] = VersionStatus(version, "AVAILABLE")
-        log.info("loaded model %r version %d in %.1f s: signatures %s%s", name, version,
-                 time.monotonic() - started, ", ".join(
+        log.info("loaded model %r version %d in %.1f s%s: signatures %s%s", name, version,
+                 time.monotonic() - started,
+                 f" (attempt {failure.attempts + 1})" if failure else "", ", ".join(
                      f"{sig}({', '.join(sorted(loaded.input_specs[sig]))})"
                      for sig in sorted(loaded.signatures)),
                  f", {warmed} warm-up requests" if warmed else "")
+
+    def _failed_to_load(self, model: _Model, version: int, path: Path, message: str) -> None:
+        name = model.config.name
+        failure = self._failed.get((name, version))
+        if failure is None:
+            failure = self._failed[name, version] = _Failure(message)
+        else:
+            failure.attempts += 1
+        delay = min(MAX_RETRY_S, self.first_retry_s * 2 ** (failure.attempts - 1))
+        failure.retry_at = time.monotonic() + delay
+        if failure.attempts == 1 or message != failure.message:
+            log.error("failed to load model %r version %d from %s: %s (retrying with back-off "
+                      "up to every %.0f s; the same error again is not logged)",
+                      name, version, path, message, MAX_RETRY_S)
+        failure.message = message
+        with self._lock:
+            model.statuses[version] = VersionStatus(version, "END", grpc.StatusCode.UNKNOWN,
+                                                    message)
 
     def _retire(self, model: _Model, version: int) -> None:
         with self._lock:
@@ -233,13 +332,3 @@ class ModelRegistry:
             if loaded is not None:
                 loaded.wait_idle(self.unload_grace_s)
                 loaded.close()
-
-
-def _versions_on_disk(base_path: Path) -> list[int]:
-    try:
-        entries = list(Path(base_path).iterdir())
-    except OSError:
-        return []
-    return sorted(int(p.name) for p in entries
-                  if p.is_dir() and p.name.isdigit() and int(p.name) > 0
-                  and (p / "saved_model.pb").exists())

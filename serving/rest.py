@@ -9,6 +9,11 @@ cityseg-serve does that too and, in addition, base64-encodes any string value th
 UTF-8, because raw bytes cannot be put in a JSON string faithfully. Our `masks` are PNGs (never
 valid UTF-8), so they always come back as `{"b64": ...}`; the client accepts both forms.
 Errors are `{"error": "..."}` with TF Serving's HTTP status for each status code.
+
+Slow or greedy clients: each request must arrive whole (request line, headers, body) within the
+read timeout, else it is answered 408 and the connection closed; an idle keep-alive connection is
+closed after the same time. At most `max_connections` connections are served at once; one more
+is answered 503 at once. A body over the size limit is refused 413 before it is read.
 """
 from __future__ import annotations
 
@@ -16,11 +21,15 @@ import base64
 import binascii
 import json
 import logging
+import queue
 import re
+import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import grpc
 import numpy as np
@@ -28,6 +37,7 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
 from cityseg import vocabulary as V
+from serving.admission import Caller
 from serving.errors import RequestError
 from serving.grpc_service import model_metadata, status_proto
 from serving.protocol import MODEL_VERSION_HEADER, http_status
@@ -40,6 +50,22 @@ _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
     r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
     r"(?:(?P<metadata>/metadata)|:(?P<method>classify|regress|predict))?$")
+# Versions are int64 in TF Serving's ModelSpec.
+_MAX_VERSION = 2**63 - 1
+# Refused connections wait this long for the client to finish sending before they are closed
+# (closing with unread data would reset the connection and lose the 503 on the way).
+_REFUSAL_DRAIN_S = 1.0
+_MAX_REFUSING = 64
+
+
+def _version(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if len(text) > 19 or int(text) > _MAX_VERSION:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"Failed to convert version {text[:24]}{'...' if len(text) > 24 else ''}"
+                           f" to a 64-bit integer")
+    return int(text)
 
 
 # --- JSON <-> arrays --------------------------------------------------------------------
@@ -184,9 +210,11 @@ class RestApi:
     """Turns (method, path, body) into (HTTP status, JSON body, headers)."""
 
     def __init__(self, registry: ModelRegistry, *, timeout_s: float, max_body_bytes: int,
-                 num_threads: int, metrics=None, monitoring_path: str | None = None):
+                 num_threads: int, metrics=None, monitoring_path: str | None = None,
+                 read_timeout_s: float = 30.0):
         self.registry = registry
         self.timeout_s = timeout_s
+        self.read_timeout_s = read_timeout_s
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self.monitoring_path = monitoring_path
@@ -202,7 +230,7 @@ class RestApi:
             if match is None:
                 raise RequestError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {method} {path}")
             name = match["name"]
-            version = int(match["version"]) if match["version"] else None
+            version = _version(match["version"])
             label = match["label"]
             if match["method"]:
                 if method != "POST":
@@ -220,6 +248,8 @@ class RestApi:
             return 200, self._status(name, version, label), {}
         except RequestError as err:
             return http_status(err.code), {"error": str(err)}, {}
+        except RecursionError:  # JSON nested deeper than the parsers' recursion allows
+            return 400, {"error": "JSON Parse error: the request is nested too deeply"}, {}
 
     def _status(self, name, version, label) -> dict:
         if label:
@@ -266,10 +296,14 @@ class RestApi:
             except (ValueError, UnicodeDecodeError) as err:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"JSON Parse error: {err}") from None
-            future = self._pool.submit(self._run, name, version, label, parsed)
+            # Answered 504 at the timeout; a prediction still waiting for its turn then is
+            # dropped rather than run for nobody.
+            caller = Caller(deadline=time.monotonic() + self.timeout_s)
+            future = self._pool.submit(self._run, name, version, label, parsed, caller)
             try:
                 answer, used = future.result(timeout=self.timeout_s)
             except FutureTimeout:
+                future.cancel()
                 raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                    f"prediction took longer than {self.timeout_s:g} s") from None
             return 200, answer, {MODEL_VERSION_HEADER: str(used)}
@@ -280,7 +314,7 @@ class RestApi:
             if self.metrics is not None:
                 self.metrics.observe("rest", name, code, time.perf_counter() - started)
 
-    def _run(self, name, version, label, parsed) -> tuple[dict, int]:
+    def _run(self, name, version, label, parsed, caller: Caller) -> tuple[dict, int]:
         signature = V.SIGNATURE_NAME
         if isinstance(parsed, dict) and "signature_name" in parsed:
             signature = str(parsed["signature_name"]) or V.SIGNATURE_NAME
@@ -290,16 +324,40 @@ class RestApi:
                                    f"Serving signature name: \"{signature}\" not found in "
                                    f"signature def")
             inputs, row_format = request_inputs(parsed, loaded.input_specs[signature])
-            outputs = loaded.run(signature, inputs)
+            outputs = loaded.run(signature, inputs, caller=caller)
             return response_json(outputs, row_format), loaded.version
 
 
-def make_http_server(api: RestApi, host: str, port: int) -> ThreadingHTTPServer:
-    """A threading HTTP server bound to (host, port) that answers through `api`."""
+def make_http_server(api: RestApi, host: str, port: int, *,
+                     max_connections: int) -> HTTPServer:
+    """An HTTP server bound to (host, port) that answers through `api`.
+
+    Each connection is served by one of `max_connections` threads; a request must arrive whole
+    within `api.read_timeout_s` (408 otherwise), and an idle connection is closed after it.
+    """
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "cityseg-serve"
+
+        def handle_one_request(self):
+            # The deadline covers the request line, the headers and the body together: a
+            # client trickling a byte at a time is cut off as surely as a silent one.
+            self._read_deadline_hit = False
+            self._read_timer = threading.Timer(api.read_timeout_s, self._read_deadline_passed)
+            self._read_timer.daemon = True
+            self._read_timer.start()
+            try:
+                super().handle_one_request()
+            finally:
+                self._read_timer.cancel()
+
+        def _read_deadline_passed(self) -> None:
+            self._read_deadline_hit = True
+            try:  # wakes the blocked read with an end of file; the answer can still be sent
+                self.connection.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
 
         def _reply(self, status: int, payload: dict | bytes, headers: dict,
                    content_type: str = "application/json") -> None:
@@ -308,10 +366,26 @@ def make_http_server(api: RestApi, host: str, port: int) -> ThreadingHTTPServer:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             for key, value in headers.items():
                 self.send_header(key, value)
             self.end_headers()
             self.wfile.write(data)
+
+        def send_error(self, code, message=None, explain=None):  # noqa: ARG002
+            """http.server's own errors (bad request line, headers), as JSON like ours."""
+            self.close_connection = True
+            # Before a request line is parsed http.server assumes HTTP/0.9, which has no
+            # status line: nobody speaks it, and the JSON answer needs its status.
+            self.request_version = self.protocol_version
+            if self._read_deadline_hit:
+                code, message = HTTPStatus.REQUEST_TIMEOUT, self._timeout_message()
+            self.log_error("code %d, message %s", code, message)
+            self._reply(int(code), {"error": message or HTTPStatus(code).phrase}, {})
+
+        def _timeout_message(self) -> str:
+            return f"request not received within {api.read_timeout_s:g} s"
 
         def _body(self) -> bytes | None:
             try:
@@ -325,18 +399,29 @@ def make_http_server(api: RestApi, host: str, port: int) -> ThreadingHTTPServer:
                 self._reply(status, {"error": f"request body of {length} bytes is not "
                                               f"accepted (limit {api.max_body_bytes})"}, {})
                 return None
-            return self.rfile.read(length) if length else b""
+            body = self.rfile.read(length) if length else b""
+            if len(body) < length:  # the deadline cut the read short, or the client left
+                self.close_connection = True
+                if self._read_deadline_hit:
+                    self._reply(408, {"error": self._timeout_message()}, {})
+                return None
+            return body
 
         def _dispatch(self, method: str) -> None:
             body = self._body() if method == "POST" else b""
             if body is None:
                 return
+            self._read_timer.cancel()
             path = self.path.split("?", 1)[0]
             if api.monitoring_path and path == api.monitoring_path and method == "GET":
                 body, content_type = api.metrics.exposition(self.headers.get("Accept"))
                 self._reply(200, body, {}, content_type)
                 return
-            status, payload, headers = api.handle(method, path, body)
+            try:
+                status, payload, headers = api.handle(method, path, body)
+            except Exception:  # noqa: BLE001 - a bug must still answer JSON, not drop the line
+                log.exception("%s %s failed", method, path[:200])
+                status, payload, headers = 500, {"error": "internal server error"}, {}
             self._reply(status, payload, headers)
 
         def do_GET(self):  # noqa: N802 - http.server's naming
@@ -354,8 +439,73 @@ def make_http_server(api: RestApi, host: str, port: int) -> ThreadingHTTPServer:
         def log_message(self, format, *args):  # noqa: A002 - http.server's signature
             log.debug("%s %s", self.address_string(), format % args)
 
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-        allow_reuse_address = True
+    return _PooledHTTPServer((host, port), Handler, max_connections)
 
-    return Server((host, port), Handler)
+
+class _PooledHTTPServer(HTTPServer):
+    """An HTTP server with a fixed set of connection threads; a connection over it gets 503.
+
+    The threads are daemons, like ThreadingHTTPServer's, so an idle keep-alive connection never
+    holds up the process's exit.
+    """
+
+    allow_reuse_address = True
+
+    def __init__(self, address, handler, max_connections: int):
+        super().__init__(address, handler)
+        self._free = threading.Semaphore(max_connections)
+        self._connections: queue.SimpleQueue = queue.SimpleQueue()
+        self._refusals: queue.Queue = queue.Queue(maxsize=_MAX_REFUSING)
+        self._threads = [threading.Thread(target=self._serve_connections, name=f"rest-{i}",
+                                          daemon=True) for i in range(max_connections)]
+        self._threads.append(threading.Thread(target=self._refuse_connections, name="rest-busy",
+                                              daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def process_request(self, request, client_address):
+        if self._free.acquire(blocking=False):
+            self._connections.put((request, client_address))
+            return
+        try:
+            self._refusals.put_nowait(request)
+        except queue.Full:  # a flood: no answer, just the closed connection
+            self.shutdown_request(request)
+
+    def _serve_connections(self) -> None:
+        while (item := self._connections.get()) is not None:
+            request, client_address = item
+            try:
+                self.finish_request(request, client_address)
+            except Exception:  # noqa: BLE001 - socketserver's own policy: log, close, go on
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+                self._free.release()
+
+    def _refuse_connections(self) -> None:
+        body = json.dumps({"error": "the server is busy: every connection thread is taken; "
+                                    "retry later"}).encode()
+        answer = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                  b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        while (request := self._refusals.get()) is not None:
+            try:
+                request.settimeout(_REFUSAL_DRAIN_S)
+                request.sendall(answer)
+                request.shutdown(socket.SHUT_WR)
+                deadline = time.monotonic() + _REFUSAL_DRAIN_S
+                while time.monotonic() < deadline and request.recv(65536):
+                    pass
+            except OSError:
+                pass
+            finally:
+                request.close()
+
+    def server_close(self):
+        super().server_close()
+        for thread in self._threads[:-1]:
+            self._connections.put(None)
+        try:
+            self._refusals.put_nowait(None)
+        except queue.Full:
+            pass

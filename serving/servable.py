@@ -3,12 +3,16 @@
 What the registry routes requests to. The registry decides which versions are loaded (its
 version policy, polling, swaps); this module only loads one version, warms it up, checks
 inputs against its signatures as TF Serving does, runs them (through a `Batcher` when batching
-is on) and counts the requests in flight so that an unload can wait for them.
+is on) and counts the requests in flight so that an unload can wait for them. Before a call it
+applies the server's request limits (batch, pixels) and waits for a turn in the server's work
+queue, which drops requests whose caller left; batches check their callers themselves.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -19,19 +23,34 @@ from tensorflow.python.saved_model import loader_impl
 from tensorflow_serving.apis import prediction_log_pb2
 
 from cityseg import vocabulary as V
+from serving.admission import ANYONE, Caller, WorkQueue
 from serving.batching import Batcher
 from serving.config import BatchingOptions
 from serving.errors import RequestError
+from serving.limits import RequestLimits, trim_heap
+
+
+# Paces are learnt from calls of at least 1 Mpx, where the work per pixel outweighs the fixed
+# cost of a call (on small images the pace would overstate it), and only half the predicted
+# time is required, so that only calls that clearly cannot finish are refused.
+_PACE_MIN_PIXELS = 1024 * 1024
+_PACE_MARGIN = 0.5
 
 
 class LoadedVersion:
     """One loaded SavedModel version: its signatures and its in-flight request count."""
 
     def __init__(self, name: str, version: int, path: Path, batching: BatchingOptions | None,
-                 on_batch: Callable[[str, int], None] | None = None):
+                 on_batch: Callable[[str, int], None] | None = None, *,
+                 limits: RequestLimits = RequestLimits(), work: WorkQueue | None = None):
         self.name = name
         self.version = version
         self.path = path
+        self.limits = limits
+        self._work = work
+        # The fastest each signature has run large images, in seconds per pixel: a call whose
+        # deadline leaves less than half of what that pace predicts is refused, not started.
+        self._seconds_per_pixel: dict[str, float] = {}
         self._module = tf.saved_model.load(str(path))
         self.signatures = dict(self._module.signatures)
         if not self.signatures:
@@ -50,21 +69,34 @@ class LoadedVersion:
                               for sig in self.signatures}
 
     def run(self, signature: str, inputs: dict[str, np.ndarray],
-            output_filter: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-        """Validates inputs against the signature and runs it (through the batcher if any).
+            output_filter: tuple[str, ...] = (), caller: Caller = ANYONE) -> dict[str, np.ndarray]:
+        """Validates inputs against the signature and limits, and runs it when its turn comes.
 
         Raises:
           RequestError: FAILED_PRECONDITION for an unknown signature (as TF Serving),
-            INVALID_ARGUMENT for bad inputs or a TF op that rejects them (e.g. undecodable
-            image bytes).
+            INVALID_ARGUMENT for bad inputs, inputs over the limits or a TF op that rejects
+            them (e.g. undecodable image bytes), CANCELLED or DEADLINE_EXCEEDED when the
+            caller left before the call started (or its deadline cannot be met),
+            UNAVAILABLE when the work or batch queue is full.
         """
-        if signature not in self.signatures:
-            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"Serving signature name: \"{signature}\" not found in signature "
-                               f"def (available: {', '.join(sorted(self.signatures))})")
-        validate_inputs(self.input_specs[signature], inputs)
+        pixels = self._check(signature, inputs)
         batcher = self._batchers.get(signature)
-        outputs = batcher.submit(inputs) if batcher else self._make_runner(signature)(inputs)
+        if batcher is not None:
+            outputs = batcher.submit(inputs, caller)
+        else:
+            needs_s = self._seconds_per_pixel.get(signature, 0.0) * pixels * _PACE_MARGIN
+            with self._work.turn(caller, needs_s) if self._work else contextlib.nullcontext():
+                started = time.perf_counter()
+                outputs = self._make_runner(signature)(inputs)
+                if pixels >= _PACE_MIN_PIXELS:
+                    pace = (time.perf_counter() - started) / pixels
+                    self._seconds_per_pixel[signature] = min(
+                        pace, self._seconds_per_pixel.get(signature, pace))
+        # Only once nothing else runs: trimming under a running call would hand back pages
+        # that call is about to fault in again.
+        if 0 < self.limits.trim_after_pixels <= pixels and (self._work is None
+                                                             or self._work.idle()):
+            trim_heap()
         if output_filter:
             unknown = [k for k in output_filter if k not in outputs]
             if unknown:
@@ -72,6 +104,15 @@ class LoadedVersion:
                                    f"output tensor alias not found in signature: {unknown[0]}")
             outputs = {k: outputs[k] for k in output_filter}
         return outputs
+
+    def _check(self, signature: str, inputs: dict[str, np.ndarray]) -> int:
+        """Checks the signature, the inputs and the limits; returns the request's pixels."""
+        if signature not in self.signatures:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"Serving signature name: \"{signature}\" not found in signature "
+                               f"def (available: {', '.join(sorted(self.signatures))})")
+        validate_inputs(self.input_specs[signature], inputs)
+        return self.limits.check(inputs)
 
     def warm_up(self) -> int:
         """Replays `assets.extra/tf_serving_warmup_requests` like TF Serving; returns the count."""
@@ -85,7 +126,11 @@ class LoadedVersion:
                 continue
             request = log_entry.predict_log.request
             inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-            self.run(request.model_spec.signature_name or V.SIGNATURE_NAME, inputs)
+            signature = request.model_spec.signature_name or V.SIGNATURE_NAME
+            # Straight to the signature, as TF Serving warms up: the version is not routable
+            # yet, so its warm-up neither waits in the work queue nor fills a batch.
+            self._check(signature, inputs)
+            self._make_runner(signature)(inputs)
             count += 1
         return count
 

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from cityseg.cli import CliError, HelpFormatter, run_cli, setup_logging
+from cityseg.images import DEFAULT_MAX_PIXELS
 from serving.config import (
     BatchingOptions,
     ModelConfig,
@@ -32,6 +33,7 @@ from serving.config import (
     read_model_config_file,
     read_monitoring_config,
 )
+from serving.limits import DEFAULT_MAX_BATCH, DEFAULT_TRIM_AFTER_PIXELS, RequestLimits
 from serving.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
 log = logging.getLogger("cityseg.serve")
@@ -57,6 +59,13 @@ class ServerOptions:
     num_threads: int = field(default_factory=lambda: max(8, 4 * (os.cpu_count() or 1)))
     monitoring_path: str | None = None
     unload_grace_s: float = 60.0
+    # What the server refuses (docs/serving.md, "What the server refuses").
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    max_concurrent_predicts: int = field(default_factory=lambda: default_concurrency())
+    max_queued_predicts: int | None = None        # None: num_threads
+    grpc_max_concurrent_rpcs: int | None = None   # None: 4 x num_threads
+    rest_read_timeout_s: float = 30.0
+    first_retry_s: float = 1.0                    # a failed load is retried after this, doubling
 
     def __post_init__(self):
         if self.models_dir is None and self.model_configs is None:
@@ -76,6 +85,22 @@ class ServerOptions:
             raise ValueError("REST timeout must be positive")
         if self.num_threads < 1:
             raise ValueError("thread count must be >= 1")
+        if self.max_queued_predicts is None:
+            self.max_queued_predicts = self.num_threads
+        if self.grpc_max_concurrent_rpcs is None:
+            self.grpc_max_concurrent_rpcs = 4 * self.num_threads
+        if self.max_concurrent_predicts < 1 or self.max_queued_predicts < 0:
+            raise ValueError("need >= 1 concurrent and >= 0 queued predicts")
+        if self.grpc_max_concurrent_rpcs < 1:
+            raise ValueError("gRPC concurrent RPCs must be >= 1")
+        if self.rest_read_timeout_s <= 0 or self.first_retry_s <= 0:
+            raise ValueError("REST read timeout and load retry interval must be positive")
+
+
+def default_concurrency() -> int:
+    """Model calls at once: the cores, at most 4 (TensorFlow already spreads one call over the
+    cores; more calls at once only share them and multiply peak memory)."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 class Metrics:
@@ -122,6 +147,7 @@ class ServerHandle:
     def __init__(self, options: ServerOptions):
         # Imported here, not at the top, so that `cityseg-serve --help` and flag errors answer
         # without loading TensorFlow (these modules import it); no cycle hides behind this.
+        from serving.admission import WorkQueue
         from serving.grpc_service import add_services
         from serving.registry import ModelRegistry
         from serving.rest import RestApi, make_http_server
@@ -133,13 +159,19 @@ class ServerHandle:
         self.registry = ModelRegistry(options.model_configs, models_dir=options.models_dir,
                                       batching=options.batching,
                                       unload_grace_s=options.unload_grace_s,
-                                      on_batch=self.metrics.observe_batch)
+                                      on_batch=self.metrics.observe_batch,
+                                      limits=options.limits,
+                                      work=WorkQueue(options.max_concurrent_predicts,
+                                                     options.max_queued_predicts),
+                                      first_retry_s=options.first_retry_s)
         message_options = [("grpc.max_send_message_length", options.max_message_bytes),
                            ("grpc.max_receive_message_length", options.max_message_bytes)]
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=options.num_threads,
                                        thread_name_prefix="grpc"),
-            options=message_options)
+            options=message_options,
+            # More RPCs than this at once are refused RESOURCE_EXHAUSTED by gRPC itself.
+            maximum_concurrent_rpcs=options.grpc_max_concurrent_rpcs)
         add_services(self._grpc, self.registry, self.metrics)
         try:
             self.grpc_port = self._grpc.add_insecure_port(f"{_grpc_host(options.host)}:"
@@ -156,8 +188,10 @@ class ServerHandle:
                 # base64 inflates by 4/3; leave room for the JSON around it.
                 max_body_bytes=options.max_message_bytes * 4 // 3 + 1024 * 1024,
                 num_threads=options.num_threads, metrics=self.metrics,
-                monitoring_path=options.monitoring_path)
-            self._http = make_http_server(self._rest_api, options.host, options.rest_port)
+                monitoring_path=options.monitoring_path,
+                read_timeout_s=options.rest_read_timeout_s)
+            self._http = make_http_server(self._rest_api, options.host, options.rest_port,
+                                          max_connections=options.num_threads)
             self.rest_port = self._http.server_address[1]
         self._stop = threading.Event()
         self._first_poll = threading.Event()
@@ -278,6 +312,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help="max gRPC send/receive message size (also bounds REST bodies)")
     parser.add_argument("--rest_api_num_threads", "--threads", dest="threads", type=int,
                         default=max(8, 4 * (os.cpu_count() or 1)))
+    limits = parser.add_argument_group(
+        "what the server refuses (docs/serving.md)")
+    limits.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                        help="most rows (images) in one request; more: INVALID_ARGUMENT")
+    limits.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="most pixels, read from the PNG/JPEG headers, of all the images of "
+                             "one request (the proxy's default); more: INVALID_ARGUMENT")
+    limits.add_argument("--max-concurrent-predicts", type=int, default=default_concurrency(),
+                        help="model calls at once (without batching)")
+    limits.add_argument("--max-queued-predicts", type=int, default=None,
+                        help="requests waiting for a turn (default: --rest_api_num_threads); "
+                             "more: UNAVAILABLE. A request whose caller left while it waited "
+                             "is dropped, never run")
+    limits.add_argument("--grpc-max-concurrent-rpcs", type=int, default=None,
+                        help="gRPC calls in the server at once (default: 4x "
+                             "--rest_api_num_threads); more: RESOURCE_EXHAUSTED")
+    limits.add_argument("--rest-read-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="time a REST client has to send a whole request (408 after it); "
+                             "idle keep-alive connections close after it too")
+    limits.add_argument("--trim-after-pixels", type=int, default=DEFAULT_TRIM_AFTER_PIXELS,
+                        help="after a request with this many pixels, hand freed heap memory "
+                             "back to the system (glibc malloc_trim; 0: never)")
     parser.add_argument("--monitoring_config_file", type=Path,
                         help="MonitoringConfig text proto enabling Prometheus metrics on REST")
     parser.add_argument("--allow_version_labels_for_unavailable_models", type=_flag_bool,
@@ -330,7 +386,12 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         poll_wait_s=args.file_system_poll_wait_seconds, batching=batching,
         max_message_bytes=args.grpc_max_message_bytes,
         rest_timeout_s=args.rest_api_timeout_in_ms / 1000, num_threads=args.threads,
-        monitoring_path=monitoring)
+        monitoring_path=monitoring,
+        limits=RequestLimits(args.max_batch, args.max_pixels, args.trim_after_pixels),
+        max_concurrent_predicts=args.max_concurrent_predicts,
+        max_queued_predicts=args.max_queued_predicts,
+        grpc_max_concurrent_rpcs=args.grpc_max_concurrent_rpcs,
+        rest_read_timeout_s=args.rest_read_timeout)
 
 
 def _main(argv: Sequence[str] | None) -> int:

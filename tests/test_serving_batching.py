@@ -6,6 +6,7 @@ the merging, splitting and failure handling, with real threads and real timing.
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -152,3 +153,33 @@ def test_a_full_queue_answers_unavailable_at_once_and_the_queued_request_still_r
     np.testing.assert_array_equal(running.result()["doubled"], [2])
     assert queued.result()["doubled"].tolist() in ([4], [6])
     assert [c.tolist() for c in signature.calls][0] == [1] and len(signature.calls) == 2
+
+
+def test_a_request_whose_caller_left_is_not_batched_in(make_batcher):
+    from serving.admission import Caller as Client
+
+    gate = threading.Event()
+    signature = Signature(gate)
+    batcher = make_batcher(signature, max_batch_size=1)
+    running = Caller(batcher, np.array([1]))
+    assert signature.started.wait(WAIT_S)  # the batch thread is busy with request 1
+    checks = iter([True])  # there when it submits, gone by the time a batch could take it
+    answers = []
+    left = threading.Thread(target=lambda: answers.append(_submit(
+        batcher, np.array([2]), Client(is_active=lambda: next(checks, False)))), daemon=True)
+    left.start()
+    while batcher._queue.qsize() == 0:  # noqa: SLF001 - queued behind request 1
+        time.sleep(0.001)
+    gate.set()
+    left.join(WAIT_S)
+    assert isinstance(answers[0], RequestError)
+    assert answers[0].code == grpc.StatusCode.CANCELLED
+    np.testing.assert_array_equal(running.result()["doubled"], [2])
+    assert [c.tolist() for c in signature.calls] == [[1]]  # request 2 never ran
+
+
+def _submit(batcher: Batcher, x: np.ndarray, caller):
+    try:
+        return batcher.submit({"x": x}, caller)
+    except RequestError as err:
+        return err
