@@ -15,6 +15,7 @@ from PIL import Image
 
 from cityseg import vocabulary as V
 from proxy.telemetry import KNOWN_METHODS
+from serving.client import ServingError, ServingNotFound, ServingTimeout, ServingUnavailable
 
 LABELLED = "frankfurt_000000_000294"
 UNLABELLED = "berlin_000000_000001"
@@ -331,6 +332,45 @@ def test_unreachable_model_server_is_named_without_its_address(proxy_app_factory
     assert assert_tells_no_internals(segmentation, str(free_tcp_port)) == (
         "model server unavailable")
     assert f"127.0.0.1:{free_tcp_port}" in caplog.text  # the address stays in the log
+
+
+class FailingClient:
+    """A model-server client whose every call fails with `error`, in the server's words."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def predict(self, images, *, model):
+        raise self.error
+
+    model_status = predict
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("error, status, message", [
+    (ServingError("INTERNAL: Graph execution error: {{node map/while/DecodePng}} at "
+                  "/models/tiny/1/saved_model.pb"), 502, "model server failed"),
+    (ServingUnavailable("UNAVAILABLE: ipv4:127.0.0.1:8500: Connection refused"), 503,
+     "model server unavailable"),
+    (ServingNotFound("NOT_FOUND: Servable not found for request: Latest(tiny) in "
+                     "/models/tiny"), 503, "model not available"),
+    (ServingTimeout("DEADLINE_EXCEEDED: ipv4:127.0.0.1:8500 {{node x}}"), 504,
+     "model server timed out"),
+], ids=["failed", "unavailable", "not-found", "timeout"])
+def test_every_serving_failure_is_told_in_the_proxys_words(proxy_app_factory, serving, error,
+                                                           status, message):
+    from proxy.gateway import ServingGateway
+
+    app = proxy_app_factory(f"127.0.0.1:{serving.grpc_port}")
+    app.extensions["cityseg_gateway"] = ServingGateway(
+        "127.0.0.1:8500", "tiny", client_factory=lambda *args, **kwargs: FailingClient(error))
+    client = app.test_client()
+    for response in (client.get(f"{BASE}/segmentation"),
+                     upload(client, png_bytes(np.zeros((8, 8, 3), np.uint8)))):
+        assert_json_error(response, status)
+        assert assert_tells_no_internals(response, "/models", "8500") == message
 
 
 def test_readiness_names_a_missing_model_on_a_reachable_server(proxy_app_factory, serving):
