@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-out
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo clean-demo browser
+.PHONY: venv test demo clean-demo system-packages
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,18 +16,24 @@ $(STAMP): setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
-# The page is tested in a real browser: Debian's Chromium, driven by Playwright.
-browser:
-	@if [ ! -x /usr/bin/chromium ]; then \
+# Debian packages some tests drive for real: Chromium (the page, through Playwright) and nginx
+# (`nginx -t` on the production front's config). Installed when missing and we are root;
+# otherwise those tests are skipped with a warning.
+SYSTEM_PACKAGES = /usr/bin/chromium:chromium /usr/sbin/nginx:nginx
+system-packages:
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
+	  [ -x "$${entry%%:*}" ] || missing="$$missing $${entry##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian's chromium for the browser test"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	    echo "installing Debian's$$missing for the tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "warning: /usr/bin/chromium missing and cannot apt-get install it: the browser test will be skipped" >&2; \
+	    echo "warning:$$missing missing and cannot apt-get install: their tests will be skipped" >&2; \
 	  fi; \
 	fi
 
-test: $(STAMP) browser
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
