@@ -86,9 +86,10 @@ class RequestLimits:
 def trim_heap() -> bool:
     """Hands the C heap's free pages back to the system (glibc's `malloc_trim(0)`).
 
-    glibc keeps what large requests freed in its per-thread arenas, so a server that decoded a
-    few 16 Mpx images stays hundreds of MB larger than it needs to be; `malloc_trim` returns
-    the free pages. Returns False where there is no glibc (musl, macOS) or nothing was freed.
+    glibc keeps some of what large requests freed in its per-thread arenas (tens of MiB after
+    a few 16 Mpx images, docs/benchmarks/server_hardening.md); `malloc_trim` returns the free
+    pages, in about a millisecond. Returns False where there is no glibc (musl, macOS) or
+    nothing was returned.
     """
     libc = _libc()
     return bool(libc is not None and libc.malloc_trim(0))
