@@ -26,8 +26,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -113,20 +113,15 @@ def predict_s(target: str, image: bytes, timeout_s: float = 120) -> float:
 
 
 def in_threads(count: int, call) -> list:
-    results: list = [None] * count
-
-    def one(index: int) -> None:
+    """`call()` from `count` threads at once; each one's result, or the ServingError it raised."""
+    def one(_) -> object:
         try:
-            results[index] = call()
+            return call()
         except ServingError as err:
-            results[index] = err
+            return err
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
 
 
 def measure_memory(server: Server, big: bytes, small: bytes) -> dict:

@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -205,21 +206,16 @@ def timed_small_call(client: C.GrpcClient) -> float:
 
 def call_all(target: str, image: bytes, count: int, timeout_s: float) -> list:
     """`count` concurrent Predicts of `image`; returns each one's error (None if answered)."""
-    errors: list = [None] * count
-
-    def one(index: int) -> None:
+    def one(_) -> C.ServingError | None:
         with C.GrpcClient(target, timeout_s=timeout_s, retries=0) as client:
             try:
                 client.predict([image], model="tiny")
             except C.ServingError as err:
-                errors[index] = err
+                return err
+        return None
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return errors
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
 
 
 @pytest.mark.slow
