@@ -299,9 +299,13 @@ class ModelRegistry:
                       "up to every %.0f s; the same error again is not logged)",
                       name, version, path, message, MAX_RETRY_S)
         failure.message = message
+        # The status goes to any client of GetModelStatus: it names the version, not where the
+        # server keeps its files (the full message, path included, is in the log above).
+        public = message.replace(str(Path(model.config.base_path).resolve()), f"<{name}>")
+        public = public.replace(str(model.config.base_path), f"<{name}>")
         with self._lock:
             model.statuses[version] = VersionStatus(version, "END", grpc.StatusCode.UNKNOWN,
-                                                    message)
+                                                    public)
 
     def _retire(self, model: _Model, version: int) -> None:
         with self._lock:

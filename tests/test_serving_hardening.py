@@ -394,6 +394,11 @@ def test_a_version_copied_non_atomically_is_retried_and_its_failure_logged_once(
     failures = [r for r in caplog.records if "version 2" in r.getMessage()]
     assert len(failures) == 1, [r.getMessage() for r in failures]
     assert statuses(server, "m")[-1][0] == 2 and statuses(server, "m")[-1][1] == "END"
+    # Issue 12 item 9: the status a client reads says what failed, not where the files live.
+    with urllib.request.urlopen(f"http://localhost:{server.rest_port}/v1/models/m") as answer:
+        failed = json.load(answer)["model_version_status"][-1]
+    assert failed["version"] == "2" and failed["status"]["error_message"], failed
+    assert str(tmp_path) not in json.dumps(failed), failed
     with C.GrpcClient(f"localhost:{server.grpc_port}", timeout_s=30, retries=0) as client:
         assert client.predict([png(8, 8)], model="m").model_version == 1  # 1 keeps serving
 
