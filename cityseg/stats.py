@@ -93,16 +93,33 @@ def load_stats(data_dir: str | os.PathLike, *, required: bool = True) -> dict[st
     """The Beam job's `DATA/stats.json` (per split counts, class weights).
 
     Args:
-      data_dir: the preprocessing output folder.
+      data_dir: the preprocessing output folder: a local path, or a URL of a file system
+        TensorFlow reads (`gs://`, `s3://`, ...), which needs TensorFlow installed; this core
+        module imports it only then.
       required: when False, a missing file reads as {}.
 
     Raises:
       FileNotFoundError: if the file is missing and `required`.
       ValueError: if it is not a JSON object.
     """
-    path = Path(data_dir) / V.STATS_FILE
-    if not path.is_file():
+    text, where = _read_text(data_dir, V.STATS_FILE)
+    if text is None:
         if not required:
             return {}
         raise FileNotFoundError(f"no {V.STATS_FILE} in {data_dir} (run cityseg-preprocess first)")
-    return parse_stats(path.read_text(), path)
+    return parse_stats(text, where)
+
+
+def _read_text(folder: str | os.PathLike, name: str) -> tuple[str | None, str]:
+    """(The text of `folder/name` or None if it is missing, the path read)."""
+    folder = os.fspath(folder)
+    if "://" not in folder:
+        path = Path(folder) / name
+        return (path.read_text() if path.is_file() else None), str(path)
+    from tensorflow.io import gfile  # a URL: only TensorFlow's file systems read it
+
+    path = gfile.join(folder, name)
+    if not gfile.exists(path) or gfile.isdir(path):
+        return None, path
+    with gfile.GFile(path, "r") as f:
+        return f.read(), path

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,7 +109,7 @@ def setup(tmp_path_factory):
         for epoch in range(3):
             writer.writerow([epoch, 1.0 / (epoch + 1), 1.2 / (epoch + 1), 0.2 * epoch,
                              0.15 * epoch, 1e-3, 2.0])
-    export_dir = export_model(model, root / "models", "tiny", stride=1)
+    export_dir = Path(export_model(model, root / "models", "tiny", stride=1))
 
     labels = np.stack([label for _, label in scenes])
     expected_pred = np.stack([np.array([COLOURS[tuple(p)] for p in image.reshape(-1, 3)])
@@ -155,7 +156,7 @@ def test_saved_model_matches_keras_model(setup, tmp_path):
     # The run folder's history gives training curves.
     assert (tmp_path / "keras" / plots.HISTORY_FILE).stat().st_size > 5_000
     # MODELS/name (no version) resolves to the newest version.
-    assert E.resolve_model(setup["export"].parent).path == setup["export"]
+    assert E.resolve_model(setup["export"].parent).path == str(setup["export"])
 
 
 def test_max_images_limits_the_count(setup, tmp_path):

@@ -226,5 +226,5 @@ def test_export_keeps_the_aspect_ratio_of_every_camera(tmp_path, long_side):
         assert mask.shape == size
         agreement = (mask == _BandProbe.expected(size, long_side, 32)).mean()
         assert agreement > 0.99, (size, agreement)
-    info = json.loads((version / "assets" / V.MODEL_INFO_FILE).read_text())
+    info = json.loads((Path(version) / "assets" / V.MODEL_INFO_FILE).read_text())
     assert info["working_resolution"]["max_long_side"] == long_side

@@ -70,18 +70,22 @@ def _example(image: np.ndarray, label: np.ndarray, image_id: str, split: str):
     }))
 
 
-def write_toy_data(root: Path, counts=None, size=TOY_SIZE, num_shards: int = 2,
+def write_toy_data(root: Path | str, counts=None, size=TOY_SIZE, num_shards: int = 2,
                    seed: int = 0) -> Path:
-    """Writes a DATA dir per the contract: tfrecords/{split}/ shards and stats.json."""
+    """Writes a DATA dir per the contract: tfrecords/{split}/ shards and stats.json.
+
+    Through tf.io.gfile, so `root` may also be a URL (`ram://...` in tests/test_remote_fs.py).
+    """
     import tensorflow as tf
 
     counts = counts or {"train": 16, "val": 4}
     rng = np.random.default_rng(seed)
     stats = {}
     for split, n in counts.items():
-        folder = root / V.TFRECORDS_DIR / split
-        folder.mkdir(parents=True)
-        writers = [tf.io.TFRecordWriter(str(folder / V.shard_name(split, k, num_shards)))
+        folder = tf.io.gfile.join(str(root), V.TFRECORDS_DIR, split)
+        tf.io.gfile.makedirs(folder)
+        writers = [tf.io.TFRecordWriter(
+                       tf.io.gfile.join(folder, V.shard_name(split, k, num_shards)))
                    for k in range(num_shards)]
         pixels = np.zeros(V.NUM_CATEGORIES, np.int64)
         image_pixels = np.zeros(V.NUM_CATEGORIES, np.int64)
@@ -96,7 +100,8 @@ def write_toy_data(root: Path, counts=None, size=TOY_SIZE, num_shards: int = 2,
             writer.close()
         stats[split] = {"images": n, "category_pixels": pixels.tolist(),
                         "category_image_pixels": image_pixels.tolist()}
-    (root / V.STATS_FILE).write_text(json.dumps(stats))
+    with tf.io.gfile.GFile(tf.io.gfile.join(str(root), V.STATS_FILE), "w") as f:
+        f.write(json.dumps(stats))
     return root
 
 

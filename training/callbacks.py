@@ -3,7 +3,8 @@
 Keras provides the resumable checkpoint (`keras.callbacks.BackupAndRestore`) and the history
 file (`keras.callbacks.CSVLogger(append=True)`); this module adds a time budget, a learning rate
 that follows it, the learning rate and epoch seconds in each epoch's logs (so CSVLogger writes
-them), throughput, the best inference model and epoch scalars for TensorBoard.
+them), throughput, the best inference model, epoch scalars for TensorBoard, and Keras'
+CSVLogger made safe for a history file at a URL (`gs://...`).
 
 All of them are safe under `MultiWorkerMirroredStrategy`: a stop decision is agreed by every
 worker (a worker that stops alone would leave the others waiting in a collective forever), and
@@ -11,12 +12,10 @@ the trainer points non-chief workers' file-writing callbacks at a scratch folder
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import keras
@@ -168,7 +167,7 @@ class EpochTensorBoard(keras.callbacks.Callback):
 
     def __init__(self, log_dir: str | os.PathLike):
         super().__init__()
-        self.log_dir = Path(log_dir)
+        self.log_dir = os.fspath(log_dir)  # a string: gs:// and s3:// URLs included
         self._writers: dict[str, Any] = {}
         from tensorflow.core.framework import summary_pb2
 
@@ -177,7 +176,7 @@ class EpochTensorBoard(keras.callbacks.Callback):
 
     def _writer(self, name: str):
         if name not in self._writers:
-            self._writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
+            self._writers[name] = tf.summary.create_file_writer(tf.io.gfile.join(self.log_dir, name))
         return self._writers[name]
 
     def on_epoch_end(self, epoch, logs=None):
@@ -203,14 +202,6 @@ class EpochTensorBoard(keras.callbacks.Callback):
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Writes JSON beside `path` and renames it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _number(value: Any) -> float | None:
@@ -274,3 +265,17 @@ class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
     def set_model(self, model):
         super().set_model(self._inference_model)
+
+
+class CSVLogger(keras.callbacks.CSVLogger):
+    """Keras' `CSVLogger`, also for a history file at a URL (RUN on gs:// or s3://).
+
+    Keras opens a URL with `tf.io.gfile.GFile`, but its `on_train_end` asks the file
+    `.closed`, which GFile lacks (AttributeError at the end of every fit; Keras 3.15). Both
+    files' `close()` may be called twice, so closing unconditionally is safe.
+    """
+
+    def on_train_end(self, logs=None):
+        if self.csv_file is not None:
+            self.csv_file.close()
+        self.writer = None

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 from cityseg import vocabulary as V
@@ -235,25 +234,28 @@ def validate_config(cfg: TrainConfig) -> None:
                        f"(choose from {', '.join(SCHEDULES)})")
     for split in (cfg.train_split, cfg.val_split):
         V.check_split(split)
-    data = Path(cfg.data_dir)
-    if not data.is_dir():
+    from training import storage  # TensorFlow's file systems: DATA and RUN may be URLs
+
+    data = cfg.data_dir
+    if not storage.isdir(data):
         raise CliError(f"data dir {data} does not exist (run cityseg-preprocess first)")
     for split in (cfg.train_split, cfg.val_split):
-        folder = data / V.TFRECORDS_DIR / split
-        if not any(folder.glob(V.SHARD_GLOB.format(split=split))):
+        folder = storage.join(data, V.TFRECORDS_DIR, split)
+        if not storage.glob(storage.join(folder, V.SHARD_GLOB.format(split=split))):
             raise CliError(f"no TFRecord shards for split {split!r} in {folder}")
-    if cfg.weights is not None and not Path(cfg.weights).is_file():
+    if cfg.weights is not None and not storage.isfile(cfg.weights):
         raise CliError(f"weights file {cfg.weights} does not exist")
     for name in ("image_size", "crop_size"):
         size = getattr(cfg, name)
         if size is not None and (len(size) != 2 or min(size) <= 0):
             raise CliError(f"--{name.replace('_', '-')} must be positive HxW, not {size}")
 
-    run = Path(cfg.output_dir)
-    has_run = (run / run_layout.CHECKPOINT_DIR).is_dir() or (
-        run / run_layout.BEST_MODEL_FILE).exists()
-    if cfg.resume and not (run / run_layout.CONFIG_FILE).is_file():
-        raise CliError(f"nothing to resume: {run / run_layout.CONFIG_FILE} does not exist")
+    run = cfg.output_dir
+    has_run = storage.isdir(storage.join(run, run_layout.CHECKPOINT_DIR)) or storage.exists(
+        storage.join(run, run_layout.BEST_MODEL_FILE))
+    saved_config = storage.join(run, run_layout.CONFIG_FILE)
+    if cfg.resume and not storage.isfile(saved_config):
+        raise CliError(f"nothing to resume: {saved_config} does not exist")
     if not cfg.resume and has_run:
         raise CliError(f"{run} already holds a training run; pass --resume to continue it "
                        "or choose another --output-dir")
@@ -303,10 +305,12 @@ def merge_saved_config(cfg: TrainConfig, explicit: frozenset[str]) -> TrainConfi
     Raises:
       CliError: if there is nothing to resume or a flag would change the architecture.
     """
-    path = Path(cfg.output_dir) / run_layout.CONFIG_FILE
-    if not path.is_file():
+    from training import storage
+
+    path = storage.join(cfg.output_dir, run_layout.CONFIG_FILE)
+    if not storage.isfile(path):
         raise CliError(f"nothing to resume: {path} does not exist")
-    saved = json.loads(path.read_text())
+    saved = json.loads(storage.read_text(path))
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     merged = {k: v for k, v in saved.items() if k in names}
     for name in explicit:

@@ -21,13 +21,13 @@ PNG one-channel category mask (0..7), both of the same stored size.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import tensorflow as tf
 
 from cityseg import ops
 from cityseg import vocabulary as V
 from training import augment as augment_lib
+from training import storage
 
 AUTOTUNE = tf.data.AUTOTUNE
 DEFAULT_SHUFFLE_BUFFER = 256
@@ -51,14 +51,15 @@ FEATURES = {
 def list_shards(data_dir: str | os.PathLike, split: str) -> list[str]:
     """The sorted TFRecord shard paths of one split under `DATA/tfrecords/{split}/`.
 
-    Sorted so that file order, and with a seed the whole pipeline, is reproducible.
+    Sorted so that file order, and with a seed the whole pipeline, is reproducible. `data_dir`
+    may be any file system TensorFlow reads (`gs://`, `s3://`, ...; see `training.storage`).
 
     Raises:
       ValueError: for a split that is not one of `vocabulary.SPLITS`.
       FileNotFoundError: if the split has no shard.
     """
-    folder = Path(data_dir) / V.TFRECORDS_DIR / V.check_split(split)
-    shards = sorted(str(p) for p in folder.glob(V.SHARD_GLOB.format(split=split)))
+    folder = storage.join(data_dir, V.TFRECORDS_DIR, V.check_split(split))
+    shards = storage.glob(storage.join(folder, V.SHARD_GLOB.format(split=split)))
     if not shards:
         raise FileNotFoundError(
             f"no TFRecord shards for split {split!r} in {folder} (run cityseg-preprocess first)")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -44,8 +45,11 @@ from cityseg.stats import load_stats
 from training import plots
 from training.run_layout import BEST_MODEL_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE
 
-# TensorFlow (and training.metrics, which needs it) is imported inside the functions that use
-# it: `--help` and flag errors answer at once, and setup_logging() quietens TF before it loads.
+# TensorFlow (and training.metrics and training.storage, which need it) is imported inside the
+# functions that use it: `--help` and flag errors answer at once, and setup_logging() quietens
+# TF before it loads. DATA, the model and REPORT are path strings read and written through
+# `training.storage` (tf.io.gfile), so any of them may be a gs:// or s3:// URL; RAW (the raw
+# Cityscapes tree of the raw-resolution pass) is a local folder.
 
 log = logging.getLogger("cityseg.evaluate")
 
@@ -70,10 +74,10 @@ MISSING_FILE = "missing_file"
 class EvalConfig:
     """One evaluation run; `validate` rejects impossible values before any work starts."""
 
-    data_dir: Path
-    model: Path
+    data_dir: str
+    model: str
     split: str = "val"
-    report_dir: Path = Path("report")
+    report_dir: str = "report"
     batch_size: int = 4
     image_size: tuple[int, int] | None = None
     max_images: int | None = None
@@ -88,9 +92,11 @@ class EvalConfig:
             raise CliError(f"--max-images must be >= 1, not {self.max_images}")
         if self.overlays < 0:
             raise CliError(f"--overlays must be >= 0, not {self.overlays}")
-        if not self.data_dir.is_dir():
+        from training import storage
+
+        if not storage.isdir(self.data_dir):
             raise CliError(f"data dir {self.data_dir} does not exist")
-        if not self.model.exists():
+        if not storage.exists(self.model):
             raise CliError(f"model {self.model} does not exist")
         if self.raw_root is not None and not self.raw_root.is_dir():
             raise CliError(f"--raw-root {self.raw_root} does not exist or is not a directory")
@@ -101,9 +107,9 @@ class ModelSource:
     """What `--model` points at, resolved."""
 
     kind: str                                   # KERAS or SAVED_MODEL
-    path: Path                                  # the .keras file or SavedModel folder
+    path: str                                   # the .keras file or SavedModel folder
     image_size: tuple[int, int] | None = None   # Keras input size, from the run's config
-    run_dir: Path | None = None                 # the training run, for history.csv
+    run_dir: str | None = None                  # the training run, for history.csv
 
 
 @dataclass
@@ -129,39 +135,44 @@ class RawFrame:
 
 # --- Resolving --model -------------------------------------------------------------------
 
-def resolve_model(path: str | Path) -> ModelSource:
+def resolve_model(path: str | os.PathLike) -> ModelSource:
     """Works out what kind of model `path` is (see the module docstring).
 
     Raises:
       FileNotFoundError: for a path holding none of the supported layouts.
     """
-    path = Path(path)
-    if path.is_file():
-        if path.suffix != ".keras":
+    from training import storage
+
+    path = os.fspath(path)
+    if storage.isfile(path):
+        if not path.endswith(".keras"):
             raise FileNotFoundError(f"{path} is not a .keras file, run folder or SavedModel")
         return ModelSource(KERAS, path)
-    if not path.is_dir():
+    if not storage.isdir(path):
         raise FileNotFoundError(f"model {path} does not exist")
-    if (path / SAVED_MODEL_FILE).is_file():
+    if storage.isfile(storage.join(path, SAVED_MODEL_FILE)):
         return ModelSource(SAVED_MODEL, path)
-    if (path / BEST_MODEL_FILE).is_file():
-        return ModelSource(KERAS, path / BEST_MODEL_FILE, image_size=run_image_size(path),
-                           run_dir=path)
-    versions = sorted((int(p.name), p) for p in path.iterdir()
-                      if p.is_dir() and p.name.isdigit() and (p / SAVED_MODEL_FILE).is_file())
+    if storage.isfile(storage.join(path, BEST_MODEL_FILE)):
+        return ModelSource(KERAS, storage.join(path, BEST_MODEL_FILE),
+                           image_size=run_image_size(path), run_dir=path)
+    versions = sorted((int(name), storage.join(path, name)) for name in storage.listdir(path)
+                      if name.isdigit()
+                      and storage.isfile(storage.join(path, name, SAVED_MODEL_FILE)))
     if versions:
         return ModelSource(SAVED_MODEL, versions[-1][1])
     raise FileNotFoundError(
         f"{path} holds no {BEST_MODEL_FILE}, {SAVED_MODEL_FILE} or numbered SavedModel versions")
 
 
-def run_image_size(run_dir: Path) -> tuple[int, int] | None:
+def run_image_size(run_dir: str) -> tuple[int, int] | None:
     """The training image size recorded in `RUN/config.json` (`image_size` [h, w] or "HxW")."""
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
+    from training import storage
+
+    config_path = storage.join(run_dir, CONFIG_FILE)
+    if not storage.isfile(config_path):
         return None
     try:
-        config = json.loads(config_path.read_text())
+        config = json.loads(storage.read_text(config_path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{config_path} is not valid JSON: {err}") from None
     size = config.get("image_size") if isinstance(config, dict) else None
@@ -176,7 +187,7 @@ def run_image_size(run_dir: Path) -> tuple[int, int] | None:
 
 # --- Evaluating ----------------------------------------------------------------------------
 
-def evaluate_keras(model, data_dir: Path, split: str, *, stride: int,
+def evaluate_keras(model, data_dir: str, split: str, *, stride: int,
                    image_size: tuple[int, int] | None = None, max_images: int | None = None,
                    num_samples: int = 0) -> Evaluation:
     """Confusion matrix of a Keras logits model over a split, on whole frames.
@@ -216,7 +227,7 @@ def evaluate_keras(model, data_dir: Path, split: str, *, stride: int,
     return accumulate(batches(), max_images, num_samples, resolution)
 
 
-def serving_signature(export_dir: Path):
+def serving_signature(export_dir: str):
     """Loads a SavedModel and returns its `serving_default` concrete function.
 
     Raises:
@@ -224,13 +235,13 @@ def serving_signature(export_dir: Path):
     """
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(export_dir))
+    loaded = tf.saved_model.load(os.fspath(export_dir))
     if V.SIGNATURE_NAME not in loaded.signatures:
         raise ValueError(f"{export_dir} has no {V.SIGNATURE_NAME!r} signature")
     return loaded.signatures[V.SIGNATURE_NAME]
 
 
-def evaluate_saved_model(export_dir: Path, data_dir: Path, split: str, *, batch_size: int,
+def evaluate_saved_model(export_dir: str, data_dir: str, split: str, *, batch_size: int,
                          max_images: int | None = None, num_samples: int = 0,
                          serve=None) -> Evaluation:
     """Confusion matrix of an exported SavedModel over a split, through its serving signature.
@@ -268,13 +279,13 @@ def evaluate_saved_model(export_dir: Path, data_dir: Path, split: str, *, batch_
 
 # --- Raw frames (SavedModels, at the camera's own resolution) ------------------------------
 
-def default_raw_root(data_dir: Path) -> Path | None:
+def default_raw_root(data_dir: str) -> Path | None:
     """The raw root DATA/stats.json records as the preprocessing input, or None."""
     root = load_stats(data_dir, required=False).get(STATS_INPUT_ROOT_KEY)
     return Path(root) if isinstance(root, str) and root else None
 
 
-def manifest_rows(data_dir: Path, split: str) -> list[dict[str, Any]]:
+def manifest_rows(data_dir: str, split: str) -> list[dict[str, Any]]:
     """The manifest rows of one split, sorted by image id.
 
     Raises:
@@ -282,13 +293,14 @@ def manifest_rows(data_dir: Path, split: str) -> list[dict[str, Any]]:
       ValueError: if a line is not JSON.
     """
     from cityseg.raw import read_jsonl
+    from training import storage
 
-    path = data_dir / V.MANIFEST_FILE
-    if not path.is_file():
+    path = storage.join(data_dir, V.MANIFEST_FILE)
+    if not storage.isfile(path):
         raise FileNotFoundError(f"no {V.MANIFEST_FILE} in {data_dir} (run cityseg-preprocess "
                                 "first); it lists the raw frames to score")
     try:
-        rows = read_jsonl(str(path))
+        rows = read_jsonl(path)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} holds a line that is not JSON: {err}") from None
     rows = [row for row in rows if isinstance(row, dict) and row.get("split") == split]
@@ -319,7 +331,7 @@ def load_raw_frame(raw_root: Path, row: dict[str, Any]) -> RawFrame:
     return RawFrame(image_id, encoded, image, raw.to_category_mask(label_ids, label_rel))
 
 
-def evaluate_saved_model_raw(export_dir: Path, data_dir: Path, split: str, raw_root: Path, *,
+def evaluate_saved_model_raw(export_dir: str, data_dir: str, split: str, raw_root: Path, *,
                              batch_size: int, max_images: int | None = None,
                              serve=None) -> Evaluation:
     """Confusion matrix of an exported SavedModel over the raw frames of a split.
@@ -436,26 +448,41 @@ def accumulate(batches: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]],
 
 def model_title(source: ModelSource) -> str:
     """A short name for plot titles: run folder name, `name vN` for exports, or file stem."""
+    from training import storage
+
     if source.run_dir is not None:
-        return source.run_dir.name
+        return storage.basename(source.run_dir)
     if source.kind == SAVED_MODEL:
-        return f"{source.path.parent.name} v{source.path.name}"
-    return source.path.stem
+        return f"{storage.basename(storage.parent(source.path))} v{storage.basename(source.path)}"
+    return os.path.splitext(storage.basename(source.path))[0]
 
 
-def write_report(evaluation: Evaluation, report_dir: Path, *, source: ModelSource, split: str,
-                 data_dir: Path, seconds: float, raw: Evaluation | None = None,
+def write_report(evaluation: Evaluation, report_dir: str, *, source: ModelSource, split: str,
+                 data_dir: str, seconds: float, raw: Evaluation | None = None,
                  raw_root: Path | None = None) -> dict[str, Any]:
     """Writes metrics.json and the plots; returns the metrics dict.
+
+    matplotlib writes local files only: for a remote `report_dir` the report is made in a
+    local folder and copied there (`storage.local_folder`).
 
     Args:
       raw: the raw-resolution pass (`evaluate_saved_model_raw`), reported under `raw`; when
         None, metrics.json holds no `raw` key.
       raw_root: the raw tree that pass read.
     """
-    from training import metrics as M
+    from training import storage
 
-    report_dir.mkdir(parents=True, exist_ok=True)
+    with storage.local_folder(report_dir) as local:
+        return _write_report(evaluation, Path(local), source=source, split=split,
+                             data_dir=data_dir, seconds=seconds, raw=raw, raw_root=raw_root)
+
+
+def _write_report(evaluation: Evaluation, report_dir: Path, *, source: ModelSource, split: str,
+                  data_dir: str, seconds: float, raw: Evaluation | None,
+                  raw_root: Path | None) -> dict[str, Any]:
+    from training import metrics as M
+    from training import storage
+
     summary = M.summarize(evaluation.cm)
     title = f"{model_title(source)} - {split}"
     figures = [plots.plot_iou(summary, report_dir / plots.IOU_FILE, title=f"IoU: {title}"),
@@ -463,10 +490,11 @@ def write_report(evaluation: Evaluation, report_dir: Path, *, source: ModelSourc
                                     title=f"Confusion (row-normalised): {title}"),
                plots.plot_overlays(evaluation.samples, report_dir / plots.OVERLAYS_FILE,
                                    title=title)]
-    history = source.run_dir / HISTORY_FILE if source.run_dir else None
-    if history is not None and history.is_file():
-        figures.append(plots.plot_history(history, report_dir / plots.HISTORY_FILE,
-                                          title=f"Training: {title}"))
+    history = storage.join(source.run_dir, HISTORY_FILE) if source.run_dir else None
+    if history is not None and storage.isfile(history):
+        with storage.local_copy(history) as local_history:
+            figures.append(plots.plot_history(local_history, report_dir / plots.HISTORY_FILE,
+                                              title=f"Training: {title}"))
     raw_metrics = None
     if raw is not None:
         raw_summary = M.summarize(raw.cm)
@@ -536,7 +564,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
                            raw=raw, raw_root=raw_root)
     log.info("%d images: pixel accuracy %s, mean IoU (7, void ignored) %s, (8) %s -> %s",
              metrics["images"], _fmt(metrics["pixel_accuracy"]), _fmt(metrics["mean_iou_7"]),
-             _fmt(metrics["mean_iou_8"]), config.report_dir / METRICS_FILE)
+             _fmt(metrics["mean_iou_8"]), f"{config.report_dir}/{METRICS_FILE}")
     if "raw" in metrics:
         raw_metrics = metrics["raw"]
         log.info("raw resolution, %d images (%d skipped): pixel accuracy %s, mean IoU (7) %s, "
@@ -554,19 +582,22 @@ def raw_root_for(config: EvalConfig) -> Path | None:
     Raises:
       CliError: if --raw-root is given and DATA/manifest.jsonl is missing.
     """
+    from training import storage
+
+    manifest = storage.join(config.data_dir, V.MANIFEST_FILE)
     if config.raw_root is not None:
-        if not (config.data_dir / V.MANIFEST_FILE).is_file():
-            raise CliError(f"--raw-root needs {config.data_dir / V.MANIFEST_FILE} (the list of "
-                           "raw frames), which does not exist")
+        if not storage.isfile(manifest):
+            raise CliError(f"--raw-root needs {manifest} (the list of raw frames), which does "
+                           "not exist")
         return config.raw_root
     recorded = default_raw_root(config.data_dir)
     if recorded is None:
         log.info("raw-resolution scoring skipped: no --raw-root and %s records no %r",
-                 config.data_dir / V.STATS_FILE, STATS_INPUT_ROOT_KEY)
+                 storage.join(config.data_dir, V.STATS_FILE), STATS_INPUT_ROOT_KEY)
         return None
-    if not recorded.is_dir() or not (config.data_dir / V.MANIFEST_FILE).is_file():
+    if not recorded.is_dir() or not storage.isfile(manifest):
         log.info("raw-resolution scoring skipped: the recorded input root %s or %s is missing "
-                 "(pass --raw-root)", recorded, config.data_dir / V.MANIFEST_FILE)
+                 "(pass --raw-root)", recorded, manifest)
         return None
     return recorded
 
@@ -598,12 +629,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cityseg-evaluate", description=__doc__.split("\n")[0], epilog=EPILOG,
         formatter_class=HelpFormatter)
-    parser.add_argument("--data-dir", required=True, type=Path,
+    parser.add_argument("--data-dir", required=True,
                         help="the preprocessing output (holding tfrecords/)")
-    parser.add_argument("--model", required=True, type=Path,
+    parser.add_argument("--model", required=True,
                         help="a run folder, a .keras file, or a SavedModel (MODELS/name[/version])")
     parser.add_argument("--split", default="val", help="split to evaluate")
-    parser.add_argument("--report-dir", required=True, type=Path,
+    parser.add_argument("--report-dir", required=True,
                         help="where metrics.json and the plots go")
     parser.add_argument("--batch-size", type=int, default=4, help="images per model call")
     parser.add_argument("--image-size", type=parse_size, default=None,

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import tempfile
-from pathlib import Path
 from typing import Any, Sequence
 
 import keras
@@ -18,7 +17,7 @@ import tensorflow as tf
 
 from cityseg import ops
 from cityseg import vocabulary as V
-from training import run_layout
+from training import run_layout, storage
 
 # The export's default working resolution: frames are shrunk so that their long side is at
 # most this (a 2048x1024 Cityscapes frame is segmented at 1024x512), never enlarged. Chosen in
@@ -72,9 +71,10 @@ class SegmentationServer(tf.Module):
         return tf.io.encode_png(mask, compression=1)
 
 
-def next_version(model_dir: Path) -> int:
+def next_version(model_dir: str | os.PathLike) -> int:
     """The next free positive integer version under `MODELS/{name}/`."""
-    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+    versions = [int(name) for name in storage.listdir(model_dir)
+                if name.isdigit() and storage.isdir(storage.join(model_dir, name))]
     return max(versions, default=0) + 1
 
 
@@ -82,11 +82,15 @@ def export_model(model: keras.Model, models_dir: str | os.PathLike, name: str, *
                  stride: int, max_long_side: int | None = DEFAULT_MAX_LONG_SIDE,
                  version: int | None = None,
                  model_info: dict[str, Any] | None = None,
-                 warmup_images: Sequence[bytes] = ()) -> Path:
+                 warmup_images: Sequence[bytes] = ()) -> str:
     """Writes `models_dir/name/version/` as a SavedModel with the contract's signature.
 
-    The version folder appears atomically (written beside it, then renamed), so a server that
-    polls the folder never loads a half-written model.
+    A server polling the folder never loads a half-written model. Locally the version folder
+    appears atomically (written beside it, then renamed). On an object store (`gs://`,
+    `s3://`: `models_dir` may be any URL `tf.io.gfile` opens) a folder cannot be renamed, so
+    the SavedModel is written to a local temporary folder and copied up with its
+    `saved_model.pb` last: TF Serving finds no loadable model there before every file it
+    needs is in place.
 
     Args:
       model: Keras model mapping float32 [B, H, W, 3] in [0, 1] to logits [B, H, W, 8].
@@ -101,26 +105,27 @@ def export_model(model: keras.Model, models_dir: str | os.PathLike, name: str, *
       warmup_images: encoded images written as TF Serving warmup requests.
 
     Returns:
-      The version folder.
+      The version folder (a path string, a URL for a remote `models_dir`).
 
     Raises:
       ValueError: for a bad name or version, or a version that already exists.
     """
     if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
         raise ValueError(f"model name {name!r} must be letters, digits, '-', '_' or '.'")
-    model_dir = Path(models_dir) / name
-    model_dir.mkdir(parents=True, exist_ok=True)
+    model_dir = storage.join(models_dir, name)
+    storage.makedirs(model_dir)
     version = next_version(model_dir) if version is None else int(version)
     if version <= 0:
         raise ValueError(f"version must be a positive integer, not {version}")
-    target = model_dir / str(version)
-    if target.exists():
+    target = storage.join(model_dir, str(version))
+    if storage.exists(target):
         raise ValueError(f"{target} already exists; pick another --version")
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir))
+    remote = storage.is_remote(model_dir)
+    staging = tempfile.mkdtemp(prefix=f".{version}-", dir=None if remote else model_dir)
     try:
         server = SegmentationServer(model, stride=stride, max_long_side=max_long_side)
-        tf.saved_model.save(server, str(staging),
+        tf.saved_model.save(server, staging,
                             signatures={V.SIGNATURE_NAME: server.serve.get_concrete_function()})
         info = {
             "name": name,
@@ -134,24 +139,31 @@ def export_model(model: keras.Model, models_dir: str | os.PathLike, name: str, *
             "signature": {"name": V.SIGNATURE_NAME, "input": V.INPUT_KEY, "output": V.OUTPUT_KEY},
             **(model_info or {}),
         }
-        (staging / "assets").mkdir(exist_ok=True)
-        (staging / "assets" / V.MODEL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        os.makedirs(os.path.join(staging, "assets"), exist_ok=True)
+        with open(os.path.join(staging, "assets", V.MODEL_INFO_FILE), "w") as f:
+            f.write(json.dumps(info, indent=2) + "\n")
         if warmup_images:
             write_warmup_requests(staging, name, warmup_images)
-        os.replace(staging, target)
+        if remote:
+            storage.copy_tree(staging, target, last=(tf.saved_model.SAVED_MODEL_FILENAME_PB,))
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
 
 
-def write_warmup_requests(export_dir: Path, name: str, images: Sequence[bytes]) -> Path:
+def write_warmup_requests(export_dir: str | os.PathLike, name: str,
+                          images: Sequence[bytes]) -> str:
     """Writes `assets.extra/tf_serving_warmup_requests`, which TF Serving replays on load."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-    path = Path(export_dir) / "assets.extra" / V.WARMUP_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(str(path)) as writer:
+    folder = storage.join(export_dir, "assets.extra")
+    storage.makedirs(folder)
+    path = storage.join(folder, V.WARMUP_FILE)
+    with tf.io.TFRecordWriter(path) as writer:
         for encoded in images:
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(name=name, signature_name=V.SIGNATURE_NAME))
@@ -189,13 +201,13 @@ def load_run_model(run_dir: str | os.PathLike, config: dict[str, Any]) -> tuple[
 
     from training import models
 
-    run = Path(run_dir)
-    best = run / run_layout.BEST_MODEL_FILE
-    if best.is_file():
+    run = os.fspath(run_dir)
+    best = storage.join(run, run_layout.BEST_MODEL_FILE)
+    if storage.isfile(best):
         return models.load_model(best), run_layout.BEST_MODEL_FILE
     checkpoint = f"{run_layout.CHECKPOINT_DIR}/{run_layout.CHECKPOINT_WEIGHTS_FILE}"
-    last = run / checkpoint
-    if not last.is_file():
+    last = storage.join(run, checkpoint)
+    if not storage.isfile(last):
         raise FileNotFoundError(f"{run} has neither {run_layout.BEST_MODEL_FILE} nor {checkpoint}")
     logging.getLogger("cityseg.export").warning(
         "%s has no %s; exporting the last checkpoint %s instead", run,
@@ -232,21 +244,22 @@ def warmup_images_from_data(data_dir: str | os.PathLike, count: int = 3) -> list
     return []
 
 
-def gather_model_info(run_dir: Path, config: dict[str, Any], model: keras.Model, source: str,
-                      metrics_file: str | os.PathLike | None) -> dict[str, Any]:
+def gather_model_info(run_dir: str | os.PathLike, config: dict[str, Any], model: keras.Model,
+                      source: str, metrics_file: str | os.PathLike | None) -> dict[str, Any]:
     """model_info.json's facts about a run: architecture, training data, evaluation metrics."""
-    summary_path = run_dir / run_layout.SUMMARY_FILE
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    run_dir = os.fspath(run_dir)
+    summary_path = storage.join(run_dir, run_layout.SUMMARY_FILE)
+    summary = json.loads(storage.read_text(summary_path)) if storage.isfile(summary_path) else {}
     if metrics_file is None:
-        found = [run_dir / name for name in run_layout.RUN_METRICS_FILES
-                 if (run_dir / name).is_file()]
+        found = [storage.join(run_dir, name) for name in run_layout.RUN_METRICS_FILES
+                 if storage.isfile(storage.join(run_dir, name))]
         metrics_file = found[0] if found else None
-    evaluation = json.loads(Path(metrics_file).read_text()) if metrics_file else None
+    evaluation = json.loads(storage.read_text(metrics_file)) if metrics_file else None
     return {
         "architecture": {"model": config.get("model"), "width": config.get("width"),
                          "params": int(model.count_params()), "outputs": "logits"},
         "training": {
-            "run_dir": str(run_dir.resolve()),
+            "run_dir": run_dir if storage.is_remote(run_dir) else os.path.abspath(run_dir),
             "weights": source,
             "data_dir": config.get("data_dir"),
             "stats": config.get("stats"),
@@ -315,20 +328,20 @@ def _main(argv: Sequence[str] | None) -> int:
     args = _export_parser().parse_args(argv)
     setup_logging(args.verbose)
     log = logging.getLogger("cityseg.export")
-    run = Path(args.run_dir)
-    config_path = run / run_layout.CONFIG_FILE
-    if not config_path.is_file():
+    run = args.run_dir
+    config_path = storage.join(run, run_layout.CONFIG_FILE)
+    if not storage.isfile(config_path):
         raise CliError(f"{run} is not a training run: {config_path} does not exist")
     if args.version is not None and args.version <= 0:
         raise CliError(f"--version must be a positive integer, not {args.version}")
-    if args.metrics is not None and not Path(args.metrics).is_file():
+    if args.metrics is not None and not storage.isfile(args.metrics):
         raise CliError(f"metrics file {args.metrics} does not exist")
     if args.warmup_images < 0:
         raise CliError(f"--warmup-images must be >= 0, not {args.warmup_images}")
-    target = Path(args.models_dir) / args.name / str(args.version)
-    if args.version is not None and target.exists():
+    target = storage.join(args.models_dir, args.name, str(args.version))
+    if args.version is not None and storage.exists(target):
         raise CliError(f"{target} already exists; pick another --version")
-    config = json.loads(config_path.read_text())
+    config = json.loads(storage.read_text(config_path))
     from training.models import model_stride
 
     model, source = load_run_model(run, config)

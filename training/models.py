@@ -366,10 +366,12 @@ def _load_weights(model: keras.Model, weights: str | os.PathLike | None) -> kera
     """Loads weights saved from the same architecture; never downloads anything."""
     if weights is None:
         return model
-    path = Path(weights)
-    if not path.is_file():
+    from training import storage
+
+    path = os.fspath(weights)  # local, or a gs:// / s3:// URL: Keras reads both
+    if not storage.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".keras":
+    if path.endswith(".keras"):
         saved = load_model(path)
         model.set_weights(saved.get_weights())
     else:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from pathlib import Path
@@ -104,9 +105,14 @@ def plot_confusion(cm: np.ndarray, path: str | os.PathLike, *, title: str = "") 
 
 
 def read_history(path: str | os.PathLike) -> dict[str, list[float]]:
-    """Columns of a Keras CSVLogger-style `history.csv` as float lists (blank cells: NaN)."""
+    """Columns of a local Keras CSVLogger-style `history.csv` as float lists (blank: NaN)."""
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+        return parse_history(f.read())
+
+
+def parse_history(text: str) -> dict[str, list[float]]:
+    """`read_history` of a history.csv's text (read from anywhere, e.g. through gfile)."""
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
     columns: dict[str, list[float]] = {}
     for row in rows:
         for key, value in row.items():

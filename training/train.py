@@ -16,11 +16,11 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 from cityseg import vocabulary as V
@@ -48,7 +48,7 @@ def train(cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> dict[str,
     Raises:
       CliError: for impossible configurations, before any training step.
     """
-    run = Path(cfg.output_dir)
+    run = os.fspath(cfg.output_dir)  # a string: RUN may be a gs:// or s3:// URL
     if cfg.resume:
         cfg = merge_saved_config(cfg, explicit)
     validate_config(cfg)
@@ -58,14 +58,14 @@ def train(cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> dict[str,
 
     cluster = resolve_cluster()
     strategy = cluster.strategy()  # before any other TensorFlow op runs
-    from training import losses, models
+    from training import losses, models, storage
 
     check_registry_name("--loss", cfg.loss, losses.LOSSES)
     if cfg.loss in losses.CLASS_WEIGHTED_LOSSES and cfg.class_weights is None:
         cfg.class_weights = split_class_weights(stats, cfg.train_split)
         if cfg.loss == "weighted_ce" and cfg.class_weights is None:
             raise CliError(f"--loss weighted_ce needs the {cfg.train_split} split's category "
-                           f"counts in {Path(cfg.data_dir) / V.STATS_FILE} (re-run "
+                           f"counts in {storage.join(cfg.data_dir, V.STATS_FILE)} (re-run "
                            "cityseg-preprocess)")
     if cfg.model is None:
         cfg.model = models.DEFAULT_MODEL
@@ -79,31 +79,39 @@ def train(cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> dict[str,
     if cfg.epochs is None:
         cfg.epochs = EPOCHS_UNDER_TIME_LIMIT if cfg.time_limit_minutes else DEFAULT_EPOCHS
     validate_model(cfg)
-    checkpoint = run / layout.CHECKPOINT_DIR
-    if cfg.resume and not (checkpoint / layout.CHECKPOINT_WEIGHTS_FILE).is_file():
+    checkpoint = storage.join(run, layout.CHECKPOINT_DIR)
+    if cfg.resume and not storage.isfile(storage.join(checkpoint,
+                                                      layout.CHECKPOINT_WEIGHTS_FILE)):
         raise CliError(f"nothing to resume: no checkpoint in {checkpoint}")
 
-    out = run if cluster.is_chief else Path(tempfile.mkdtemp(prefix="cityseg-worker-"))
+    out = run if cluster.is_chief else tempfile.mkdtemp(prefix="cityseg-worker-")
     try:
         if cfg.resume and not cluster.is_chief:
-            # Every worker restores the chief's backup (RUN on a shared file system) and then
-            # backs up into its own scratch folder.
-            shutil.copytree(checkpoint, out / layout.CHECKPOINT_DIR)
+            # Every worker restores the chief's backup (RUN on a shared or object file system)
+            # and then backs up into its own scratch folder.
+            storage.copy_tree(checkpoint, os.path.join(out, layout.CHECKPOINT_DIR))
         return _fit(cfg, cluster, strategy, stats, out, done=history_summary(
-            run / layout.HISTORY_FILE))
+            storage.join(run, layout.HISTORY_FILE)))
     finally:
         if not cluster.is_chief:
             shutil.rmtree(out, ignore_errors=True)
 
 
-def _fit(cfg: TrainConfig, cluster, strategy, stats: dict[str, Any], out: Path,
+def _fit(cfg: TrainConfig, cluster, strategy, stats: dict[str, Any], out: str,
          done: dict[str, Any]) -> dict[str, Any]:
-    """Builds data, model and callbacks and runs `fit`; `done` summarises the epochs before."""
+    """Builds data, model and callbacks and runs `fit`; `done` summarises the epochs before.
+
+    Every file of `out` is written through `tf.io.gfile`, by us or by Keras: Keras 3's
+    `CSVLogger`, `BackupAndRestore`, `ModelCheckpoint` and `Model.save` send any path with a
+    `scheme://` through gfile themselves (`keras.src.utils.file_utils.is_remote_path`;
+    `.keras` and `.weights.h5` files are built in memory or a local temporary folder, then
+    copied), and TensorBoard's summary writer opens URLs natively.
+    """
     import keras
     import tensorflow as tf
 
     from training import callbacks as cb
-    from training import data, losses, metrics, models
+    from training import data, losses, metrics, models, storage
     from training.augment import AugmentConfig
 
     start = time.monotonic()
@@ -117,18 +125,20 @@ def _fit(cfg: TrainConfig, cluster, strategy, stats: dict[str, Any], out: Path,
     # reads it exactly once.
     val_steps = cfg.validation_steps or max(1, math.ceil(val_images / global_batch))
 
-    out.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(out)
     resolved = {**dataclasses.asdict(cfg),
                 "image_size": list(cfg.image_size) if cfg.image_size else None,
                 "crop_size": list(cfg.crop_size), "scale_range": list(cfg.scale_range),
-                "data_dir": str(Path(cfg.data_dir).resolve()),
+                "data_dir": (os.fspath(cfg.data_dir) if storage.is_remote(cfg.data_dir)
+                             else os.path.abspath(cfg.data_dir)),
                 "global_batch_size": global_batch, "num_workers": cluster.num_workers,
                 "steps_per_epoch": steps, "validation_steps": val_steps,
                 "train_images": train_images, "val_images": val_images,
                 "stats": {s: {k: v for k, v in (stats.get(s) or {}).items()
                               if k in ("images", "category_pixels")} for s in V.SPLITS
                           if s in stats}}
-    (out / layout.CONFIG_FILE).write_text(json.dumps(resolved, indent=2) + "\n")
+    storage.write_text(storage.join(out, layout.CONFIG_FILE),
+                       json.dumps(resolved, indent=2) + "\n")
 
     if cfg.seed is not None:
         keras.utils.set_random_seed(cfg.seed)
@@ -195,16 +205,16 @@ def _fit(cfg: TrainConfig, cluster, strategy, stats: dict[str, Any], out: Path,
             schedule,
             throughput,
             # best.keras is the inference model (main head only): what evaluate and export use.
-            cb.BestModelCheckpoint(inference_model, out / layout.BEST_MODEL_FILE,
+            cb.BestModelCheckpoint(inference_model, storage.join(out, layout.BEST_MODEL_FILE),
                                    monitor=MONITOR,
                                    initial_value_threshold=done["best_val_mean_iou"]),
-            keras.callbacks.CSVLogger(str(out / layout.HISTORY_FILE), append=True),
-            cb.EpochTensorBoard(out / layout.TENSORBOARD_DIR),
+            cb.CSVLogger(storage.join(out, layout.HISTORY_FILE), append=True),
+            cb.EpochTensorBoard(storage.join(out, layout.TENSORBOARD_DIR)),
             # Weights, optimizer state and the epoch after each epoch: --resume, or a restart
             # after a kill, continues from there. Kept after fit (the run may be resumed for
             # more epochs); the previous backup is kept too, for a kill in mid-write. Last,
             # so that history.csv never lacks an epoch the backup holds.
-            keras.callbacks.BackupAndRestore(str(out / layout.CHECKPOINT_DIR),
+            keras.callbacks.BackupAndRestore(storage.join(out, layout.CHECKPOINT_DIR),
                                              double_checkpoint=True, delete_checkpoint=False),
             *([] if progress_bar else [cb.EpochLogger(cfg.epochs)]),
         ]
@@ -227,7 +237,7 @@ def _fit(cfg: TrainConfig, cluster, strategy, stats: dict[str, Any], out: Path,
             "resumed_from_epoch": done["epochs_done"],
             "model": cfg.model,
             "image_size": list(cfg.image_size) if cfg.image_size else None,
-            **history_summary(out / layout.HISTORY_FILE),
+            **history_summary(storage.join(out, layout.HISTORY_FILE)),
             "this_run_seconds": round(time.monotonic() - start, 3),
             "stopped_by": "time_limit" if time_limit and time_limit.stopped else "epochs",
             "params": int(inference_model.count_params()),
@@ -235,7 +245,7 @@ def _fit(cfg: TrainConfig, cluster, strategy, stats: dict[str, Any], out: Path,
             "train_images_per_second": throughput.images_per_second(),
             "num_workers": cluster.num_workers,
         }
-        cb.write_json_atomic(out / layout.SUMMARY_FILE, summary)
+        storage.write_json_atomic(storage.join(out, layout.SUMMARY_FILE), summary)
         log.info("done: %d epochs, best val mean IoU %s at epoch %s (stopped by %s) -> %s",
                  summary["epochs_done"], _fmt(summary["best_val_mean_iou"]),
                  summary["best_epoch"], summary["stopped_by"], out)
@@ -244,7 +254,7 @@ def _fit(cfg: TrainConfig, cluster, strategy, stats: dict[str, Any], out: Path,
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def history_summary(path: Path) -> dict[str, Any]:
+def history_summary(path: str) -> dict[str, Any]:
     """What history.csv says about a run: epochs done, time spent, the best epoch.
 
     An epoch re-run after a kill (its row written, its backup not) counts once, with its
@@ -254,9 +264,10 @@ def history_summary(path: Path) -> dict[str, Any]:
       epochs_done, training_seconds (the epochs' own), best_epoch (1-based) with its
       best_val_mean_iou and best_val_loss (None when no epoch was validated).
     """
-    from training.plots import read_history
+    from training import storage
+    from training.plots import parse_history
 
-    columns = read_history(path) if path.is_file() else {}
+    columns = parse_history(storage.read_text(path)) if storage.isfile(path) else {}
     last_row = {int(epoch): i for i, epoch in enumerate(columns.get("epoch", []))}
     rows = [{key: values[i] for key, values in columns.items()} for i in last_row.values()]
     scored = [row for row in rows if not math.isnan(row.get(MONITOR, math.nan))]
