@@ -242,3 +242,33 @@ def test_whole_frames_padded_to_the_stride_batch_together(mixed_sizes):
             seen.append(tuple(nonvoid.max(axis=0) + 1))
     # Every frame kept its own size and aspect (its labels are all non-void).
     assert seen == sizes
+
+
+def _jpeg_record(image, label):
+    """A contract record whose image is JPEG (the label stays PNG)."""
+    h, w = label.shape
+    return tf.train.Example(features=tf.train.Features(feature={
+        V.FEATURE_IMAGE: _bytes(tf.io.encode_jpeg(image, quality=95).numpy()),
+        V.FEATURE_LABEL: _bytes(tf.io.encode_png(label[..., None]).numpy()),
+        V.FEATURE_HEIGHT: _int(h), V.FEATURE_WIDTH: _int(w),
+    })).SerializeToString()
+
+
+@pytest.mark.parametrize("image_size, ratio", [(None, 1), ((32, 64), 1), ((16, 32), 2),
+                                               ((8, 16), 4), ((12, 20), 2)])
+def test_jpeg_images_decode_at_the_scale_the_resize_needs(image_size, ratio):
+    """A JPEG image is decoded in the DCT domain at 1/2 or 1/4 size when that still covers
+    image_size, and then resized like a PNG: close to the area resize of the full image."""
+    y, x = np.mgrid[0:H, 0:W]
+    image = np.stack([x * 4, y * 8, (x + y) * 2], axis=-1).astype(np.uint8)  # smooth
+    label = (x // 8 % V.NUM_CATEGORIES).astype(np.uint8)
+    features = tf.io.parse_single_example(_jpeg_record(image, label), {
+        key: data.FEATURES[key] for key in (V.FEATURE_IMAGE, V.FEATURE_LABEL, V.FEATURE_HEIGHT,
+                                            V.FEATURE_WIDTH)})
+    decoded, decoded_label = data.decode_example(features, image_size)
+    assert decoded.shape == (H // ratio, W // ratio, 3)
+    np.testing.assert_array_equal(decoded_label, label)
+    if image_size is not None:
+        resized, _ = data.resize_example(decoded, decoded_label, image_size)
+        expected, _ = data.resize_example(tf.constant(image), tf.constant(label), image_size)
+        assert np.abs(resized.numpy() - expected.numpy()).mean() < 3 / 255

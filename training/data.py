@@ -100,10 +100,35 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     return tf.io.parse_single_example(serialized, FEATURES)
 
 
-def decode_example(features: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-    """Decodes the PNGs: (image uint8 [H, W, 3], label uint8 [H, W] category ids)."""
-    image = tf.io.decode_png(features[V.FEATURE_IMAGE], channels=3, dtype=tf.uint8)
+def decode_example(features: dict[str, tf.Tensor],
+                   image_size: tuple[int, int] | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Decodes image and label: (image uint8 [h, w, 3], label uint8 [H, W] category ids).
+
+    The label is always PNG (lossless category ids). The image is PNG (the contract's format)
+    or JPEG: a JPEG whose stored size is at least twice `image_size` is decoded at 1/2 or 1/4
+    of its size in the DCT domain (libjpeg's scaled decoding: each output pixel the mean of
+    a 2x2 or 4x4 block, what the area resize that follows would compute), which skips most of
+    the decoding work; `resize_example` then brings it to `image_size` as usual. PNG has no
+    such shortcut: it is decoded whole.
+    """
+    encoded = features[V.FEATURE_IMAGE]
     label = tf.io.decode_png(features[V.FEATURE_LABEL], channels=1, dtype=tf.uint8)[..., 0]
+
+    def png():
+        return tf.io.decode_png(encoded, channels=3, dtype=tf.uint8)
+
+    def jpeg(ratio: int):
+        return lambda: tf.io.decode_jpeg(encoded, channels=3, ratio=ratio)
+
+    if image_size is None:
+        return tf.cond(tf.io.is_jpeg(encoded), jpeg(1), png), label
+    stored = tf.stack([features[V.FEATURE_HEIGHT], features[V.FEATURE_WIDTH]])
+    target = tf.constant(image_size, tf.int64)
+    # The largest scale that keeps at least image_size pixels on both axes.
+    ratio = tf.reduce_min(stored // target)
+    image = tf.case([(tf.logical_not(tf.io.is_jpeg(encoded)), png),
+                     (ratio >= 4, jpeg(4)), (ratio >= 2, jpeg(2))], default=jpeg(1),
+                    exclusive=False)
     return image, label
 
 
@@ -225,7 +250,7 @@ def make_dataset(data_dir: str | os.PathLike, split: str, *, batch_size: int,
     shards = list_shards(data_dir, split)
 
     def decode_and_resize(serialized):
-        image, label = decode_example(parse_example(serialized))
+        image, label = decode_example(parse_example(serialized), image_size)
         return resize_example(image, label, image_size)
 
     ds = read_records(shards, shuffle=shuffle and not cache, seed=seed,
@@ -260,14 +285,14 @@ def make_dataset(data_dir: str | os.PathLike, split: str, *, batch_size: int,
 
         def prepare_and_augment(element, example_seed):
             image, label = prepare(element)
-            return augment_lib.augment(image, label, example_seed, config, crop_size)
+            return to_model_inputs(*augment_lib.augment(image, label, example_seed, config,
+                                                        crop_size))
 
         ds = ds.map(prepare_and_augment, num_parallel_calls=AUTOTUNE,
                     deterministic=deterministic)
     else:
-        ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-
-    ds = ds.map(to_model_inputs, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        ds = ds.map(lambda element: to_model_inputs(*prepare(element)),
+                    num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     if pad_to_multiple is not None:
         ds = ds.map(lambda image, label: ops.pad_to_multiple(image, label, pad_to_multiple),
                     num_parallel_calls=AUTOTUNE, deterministic=deterministic)
