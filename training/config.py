@@ -67,8 +67,8 @@ class TrainConfig:
     data_dir: str = flag("", "output of cityseg-preprocess (tfrecords/, stats.json)")
     output_dir: str = flag("", "the RUN folder (see the layout below)")
     model: str | None = flag(None, "a name in training.models.MODEL_BUILDERS: fastscnn, "
-                                   "pspnet, unet or fcn8 (default: fastscnn, the real-time "
-                                   "model that won the real-photo comparison)")
+                                   "pspnet, unet or fcn8 (default: fastscnn, the only one "
+                                   "within the real-time target: benchmarks/realtime.py)")
     width: int | None = flag(None, "filters of the first conv (default: the model's own)",
                              type=int)
     image_size: tuple[int, int] | None = flag(
