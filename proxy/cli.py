@@ -86,9 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="The image-id API for the decision system, and its web page.",
         epilog=EPILOG, formatter_class=HelpFormatter)
     parser.add_argument("--data-dir", default=env("CITYSEG_DATA_DIR"),
-                        help="preprocessing output with manifest.jsonl (env CITYSEG_DATA_DIR)")
+                        help="preprocessing output with manifest.jsonl, a folder or a URL "
+                             "(gs:// with gcsfs, s3:// with s3fs) (env CITYSEG_DATA_DIR)")
     parser.add_argument("--raw-root", default=env("CITYSEG_RAW_ROOT"),
-                        help="raw Cityscapes tree the manifest points into (env CITYSEG_RAW_ROOT)")
+                        help="raw Cityscapes tree the manifest points into, a folder or a URL "
+                             "(env CITYSEG_RAW_ROOT)")
     parser.add_argument("--serving", default=env("CITYSEG_SERVING", "localhost:8500"),
                         help="model server gRPC address HOST:PORT (env CITYSEG_SERVING)")
     parser.add_argument("--model", default=env("CITYSEG_MODEL"),

@@ -8,12 +8,18 @@ client sends can choose a path:
    from the request;
 3. every path is resolved (`os.path.realpath`, symlinks followed) and must still lie inside the
    raw root, so a symlink in the tree that points elsewhere is refused rather than followed.
+
+DATA and RAW may also be URLs (`gs://bucket/data`, `s3://...`, `memory://` in the tests), read
+through fsspec, whose file systems come as packages of their own (`gcsfs`, `s3fs`). Object
+stores have no symlinks: there a manifest path is normalised and must not climb out of the
+raw root with `..`. Local paths never go through fsspec: they are read exactly as before.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,19 +62,51 @@ class ImageRecord:
                 "height": self.height, "width": self.width}
 
 
+def is_url(path: str | os.PathLike) -> bool:
+    """True for a file system URL (`gs://...`, `s3://...`, `memory://...`), False for a path."""
+    return "://" in os.fspath(path)
+
+
+def remote_file_system(url: str):
+    """(fsspec file system, path inside it) for a URL.
+
+    fsspec is imported here, not at the top: a proxy on local folders never loads it.
+
+    Raises:
+      ManifestError: when fsspec, or the package of the URL's file system (`gcsfs` for
+        `gs://`, `s3fs` for `s3://`), is not installed, or the scheme is unknown.
+    """
+    try:
+        import fsspec
+    except ImportError:
+        raise ManifestError(f"cannot read {url}: URLs need fsspec "
+                            f"(pip install 'cityseg[proxy]')") from None
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as err:  # fsspec names the package to install
+        raise ManifestError(f"cannot read {url}: {err}") from None
+
+
 def load_manifest(path: str | os.PathLike) -> list[ImageRecord]:
-    """Reads `DATA/manifest.jsonl` into records (all splits).
+    """Reads `DATA/manifest.jsonl` into records (all splits); `path` may be a URL.
 
     Raises:
       ManifestError: if the file is missing, a line is not JSON, a field is missing, an id or
         split is invalid, or an id appears twice.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"manifest not found: {path} (run cityseg-preprocess first)")
+    if is_url(path):
+        fs, inner = remote_file_system(os.fspath(path))
+        if not fs.isfile(inner):
+            raise ManifestError(f"manifest not found: {path} (run cityseg-preprocess first)")
+        opened = fs.open(inner, "rt", encoding="utf-8")
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise ManifestError(f"manifest not found: {path} (run cityseg-preprocess first)")
+        opened = path.open(encoding="utf-8")
     records: list[ImageRecord] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as lines:
+    with opened as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -91,10 +129,19 @@ class Resolver:
     """Maps image ids to manifest records and reads their files from inside the raw root."""
 
     def __init__(self, records: list[ImageRecord], raw_root: str | os.PathLike):
-        root = Path(raw_root)
-        if not root.is_dir():
-            raise ManifestError(f"raw root is not a directory: {root}")
-        self.raw_root = os.path.realpath(root)
+        # fsspec's file system for a URL root; None for a local one, read with `open`. (fsspec
+        # drops its cached file systems in a forked process: gunicorn's workers get their own.)
+        self._fs = None
+        if is_url(raw_root):
+            self._fs, root = remote_file_system(os.fspath(raw_root))
+            if not self._fs.isdir(root):
+                raise ManifestError(f"raw root is not a directory: {raw_root}")
+            self.raw_root = root.rstrip("/")
+        else:
+            root = Path(raw_root)
+            if not root.is_dir():
+                raise ManifestError(f"raw root is not a directory: {root}")
+            self.raw_root = os.path.realpath(root)
         # Sorted once so listings are stable pages: by split order, then id.
         order = {split: i for i, split in enumerate(V.SPLITS)}
         self._records = sorted(records, key=lambda r: (order[r.split], r.image_id))
@@ -105,7 +152,11 @@ class Resolver:
     @classmethod
     def from_data_dir(cls, data_dir: str | os.PathLike, raw_root: str | os.PathLike) -> "Resolver":
         """Builds a resolver from `DATA/manifest.jsonl` and the raw Cityscapes root."""
-        return cls(load_manifest(Path(data_dir) / V.MANIFEST_FILE), raw_root)
+        if is_url(data_dir):
+            manifest = f"{os.fspath(data_dir).rstrip('/')}/{V.MANIFEST_FILE}"
+        else:
+            manifest = Path(data_dir) / V.MANIFEST_FILE
+        return cls(load_manifest(manifest), raw_root)
 
     def __len__(self) -> int:
         return len(self._records)
@@ -164,6 +215,8 @@ class Resolver:
             log.warning("refused %s for %s: resolves outside the raw root", relative, image_id)
             raise ImageNotFound(f"files for image id {image_id} are not available")
         try:
+            if self._fs is not None:
+                return self._fs.cat_file(path)
             with open(path, "rb") as handle:
                 return handle.read()
         except OSError as err:
@@ -173,6 +226,11 @@ class Resolver:
     def _inside_root(self, relative: str) -> str | None:
         if os.path.isabs(relative) or "\x00" in relative:
             return None
+        if self._fs is not None:  # no symlinks in an object store; '..' must stay inside
+            normal = posixpath.normpath(relative)
+            if normal == ".." or normal.startswith("../"):
+                return None
+            return f"{self.raw_root}/{normal}"
         resolved = os.path.realpath(os.path.join(self.raw_root, relative))
         if os.path.commonpath([resolved, self.raw_root]) != self.raw_root:
             return None

@@ -6,8 +6,8 @@ its multi-process folder is set (see `proxy.cli`).
 
 | key | meaning |
 |---|---|
-| `DATA_DIR` | preprocessing output holding `manifest.jsonl` |
-| `RAW_ROOT` | the raw Cityscapes tree the manifest's paths are relative to |
+| `DATA_DIR` | preprocessing output holding `manifest.jsonl` (a folder, or a URL: `proxy.resolver`) |
+| `RAW_ROOT` | the raw Cityscapes tree the manifest's paths are relative to (a folder or a URL) |
 | `SERVING` | `host:port` of the model server's gRPC API |
 | `MODEL` | the served model name |
 | `SERVING_TIMEOUT_S` | deadline of each call to the model server (default 10) |

@@ -8,6 +8,10 @@ The pip package `tensorflow-serving-api` ships neither `session_bundle_config_pb
 (BatchingParameters) nor `monitoring_config_pb2`, so those two messages are declared here with
 the field names and numbers of TF Serving's `.proto` files and parsed with `text_format`; a file
 that the real server accepts parses here, and a typo fails here as it would there.
+
+Model paths are strings, local folders or URLs of a file system TensorFlow knows (`gs://`
+built in, `s3://` with `tensorflow-io`, `ram://` in memory): `pathlib` would turn `gs://b` into
+`gs:/b`. The model folders are listed through `tf.io.gfile`, as TF Serving lists them.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ class ModelConfig:
     """One served model: its name, folder of versions, policy and version labels."""
 
     name: str
-    base_path: Path
+    base_path: str   # a local folder or a URL (`gs://bucket/models/unet`), see `model_path`
     policy: VersionPolicy = VersionPolicy()
     labels: dict[str, int] = field(default_factory=dict)
 
@@ -188,9 +192,9 @@ def read_model_config_file(path: str | os.PathLike) -> list[ModelConfig]:
         platform = entry.model_platform or "tensorflow"
         if platform != "tensorflow":
             raise ValueError(f"{path}: model {entry.name!r}: unsupported platform {platform!r}")
-        base = Path(entry.base_path)
-        if not base.is_absolute():
-            base = Path(path).resolve().parent / base
+        base = model_path(entry.base_path)
+        if not is_url(base) and not os.path.isabs(base):
+            base = os.fspath(Path(path).resolve().parent / base)
         models.append(ModelConfig(
             name=entry.name, base_path=base,
             policy=_policy(entry.model_version_policy),
@@ -220,8 +224,29 @@ def _policy(proto) -> VersionPolicy:
     return VersionPolicy()
 
 
+def is_url(path: str | os.PathLike) -> bool:
+    """True for a file system URL (`gs://...`, `s3://...`, `ram://...`), False for a local path."""
+    return "://" in os.fspath(path)
+
+
+def model_path(text: str | os.PathLike) -> str:
+    """A models or model folder as the server keeps it: a URL as given (less a trailing `/`),
+    a local path as `pathlib` writes it. Also the type of the CLI's path flags."""
+    text = os.fspath(text)
+    return text.rstrip("/") if is_url(text) else os.fspath(Path(text))
+
+
 def models_in_dir(models_dir: str | os.PathLike) -> list[ModelConfig]:
-    """One latest-version config per sub-folder of `models_dir` (hidden folders skipped)."""
-    root = Path(models_dir)
-    return [ModelConfig(name=p.name, base_path=p) for p in sorted(root.iterdir())
-            if p.is_dir() and not p.name.startswith(".")]
+    """One latest-version config per sub-folder of `models_dir` (hidden folders skipped).
+
+    Raises:
+      OSError or tf.errors.OpError: when the folder cannot be listed.
+    """
+    import tensorflow as tf  # not at the top: `cityseg-serve --help` answers without it
+
+    root = model_path(models_dir)
+    # Object stores list sub-folders with a trailing '/'.
+    names = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(root))
+    folders = [os.path.join(root, name) for name in names if not name.startswith(".")]
+    return [ModelConfig(name=os.path.basename(folder), base_path=folder)
+            for folder in folders if tf.io.gfile.isdir(folder)]

@@ -7,7 +7,9 @@ it; the version it replaces stops getting new requests at that moment but stays 
 in-flight calls have finished, so a swap never fails a request. States follow TF Serving's
 ModelVersionStatus: START -> LOADING -> AVAILABLE -> UNLOADING -> END.
 
-What the disk says is trusted only when it could be read: a models folder or model folder that
+Folders are listed through `tf.io.gfile`, as TF Serving lists them, so MODELS may be a local
+folder or a URL (`gs://bucket/models`; see `serving.config.model_path`). What the listing says
+is trusted only when it could be read: a models folder or model folder that
 cannot be listed (a remount, a permission change) leaves every loaded version serving. A version
 that fails to load (e.g. copied non-atomically: `saved_model.pb` before `variables/`) is retried
 with back-off, and each distinct failure is logged once.
@@ -15,6 +17,7 @@ with back-off, and each distinct failure is logged once.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -23,14 +26,16 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import grpc
+import tensorflow as tf
 
 from serving.admission import WorkQueue
-from serving.config import BatchingOptions, ModelConfig, models_in_dir
+from serving.config import BatchingOptions, ModelConfig, is_url, models_in_dir
 from serving.errors import RequestError
 from serving.limits import RequestLimits
 from serving.servable import LoadedVersion
 
 log = logging.getLogger(__name__)
+gfile = tf.io.gfile
 
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 # Retries of a version that failed to load: after 1 s, then twice as long each time, up to this.
@@ -45,6 +50,12 @@ class VersionStatus:
     state: str = "START"
     error_code: grpc.StatusCode = grpc.StatusCode.OK
     error_message: str = ""
+
+
+def _holds_saved_model(folder: str) -> bool:
+    """Whether a version folder holds `saved_model.pb` or `.pbtxt` (one listing, not a request
+    per name: on an object store each is a round trip, every poll)."""
+    return any(name in SAVED_MODEL_FILES for name in gfile.listdir(folder))
 
 
 class _Model:
@@ -70,7 +81,7 @@ class ModelRegistry:
     """All served models; `poll()` syncs them with the disk, `use()` routes a request."""
 
     def __init__(self, configs: list[ModelConfig] | None = None, *,
-                 models_dir: Path | None = None, batching: BatchingOptions | None = None,
+                 models_dir: str | None = None, batching: BatchingOptions | None = None,
                  unload_grace_s: float = 60.0,
                  on_batch: Callable[[str, int], None] | None = None,
                  limits: RequestLimits = RequestLimits(), work: WorkQueue | None = None,
@@ -87,7 +98,7 @@ class ModelRegistry:
         self._models: dict[str, _Model] = {c.name: _Model(c) for c in configs or []}
         self._failed: dict[tuple[str, int], _Failure] = {}
         self._unreadable: set[str] = set()   # folders whose listing failed at the last poll
-        self._ignored: set[Path] = set()     # folders named like no version, logged once
+        self._ignored: set[str] = set()      # folders named like no version, logged once
         self._lock = threading.RLock()
         self._poll_lock = threading.Lock()
 
@@ -194,7 +205,7 @@ class ModelRegistry:
         """Adds new model folders; returns the names listed, or None if the listing failed."""
         try:
             found = models_in_dir(self.models_dir)
-        except OSError as err:
+        except (OSError, tf.errors.OpError) as err:
             self._warn_unreadable(self.models_dir, err)
             return None
         self._unreadable.discard(str(self.models_dir))
@@ -205,7 +216,7 @@ class ModelRegistry:
                     self._models[config.name] = _Model(config, from_dir=True)
         return {config.name for config in found}
 
-    def _versions_on_disk(self, base_path: Path) -> dict[int, Path] | None:
+    def _versions_on_disk(self, base_path: str) -> dict[int, str] | None:
         """{version: folder} under a model folder; None if it cannot be listed.
 
         Version folders are named with ASCII digits as TF Serving reads them (`00000123` is 123);
@@ -213,34 +224,36 @@ class ModelRegistry:
         two folders name one version, the first in sorted order is taken.
         """
         try:
-            entries = sorted(Path(base_path).iterdir())
-            versions: dict[int, Path] = {}
-            for path in entries:
-                if not path.is_dir() or path.name.startswith("."):
+            # Object stores list sub-folders with a trailing '/'.
+            names = sorted(name.rstrip("/") for name in gfile.listdir(base_path))
+            versions: dict[int, str] = {}
+            for name in names:
+                path = os.path.join(base_path, name)
+                if name.startswith(".") or not gfile.isdir(path):
                     continue
-                if not (path.name.isascii() and path.name.isdigit()):
-                    if path.name.isdigit() and path not in self._ignored:
+                if not (name.isascii() and name.isdigit()):
+                    if name.isdigit() and path not in self._ignored:
                         self._ignored.add(path)
                         log.warning("ignoring %s: version folders are named with ASCII digits",
                                     path)
                     continue
-                version = int(path.name)
-                if version > 0 and version not in versions \
-                        and any((path / name).is_file() for name in SAVED_MODEL_FILES):
+                version = int(name)
+                if version > 0 and version not in versions and _holds_saved_model(path):
                     versions[version] = path
-        except OSError as err:
+        except (OSError, tf.errors.OpError) as err:
             self._warn_unreadable(base_path, err)
             return None
         self._unreadable.discard(str(base_path))
         return versions
 
-    def _warn_unreadable(self, path: Path, err: OSError) -> None:
+    def _warn_unreadable(self, path: str, err: Exception) -> None:
         if str(path) not in self._unreadable:
             self._unreadable.add(str(path))
+            reason = getattr(err, "strerror", None) or getattr(err, "message", None) or err
             log.warning("cannot list %s (%s); serving what is loaded until it can be read",
-                        path, err.strerror or err)
+                        path, reason)
 
-    def _sync(self, model: _Model, on_disk: dict[int, Path]) -> None:
+    def _sync(self, model: _Model, on_disk: dict[int, str]) -> None:
         config = model.config
         now = time.monotonic()
         # A version that failed to load is left out until its retry is due, so the one before
@@ -259,7 +272,7 @@ class ModelRegistry:
         for key in [k for k in self._failed if k[0] == config.name and k[1] not in on_disk]:
             del self._failed[key]  # the folder went away: a new one starts afresh
 
-    def _load(self, model: _Model, version: int, path: Path) -> None:
+    def _load(self, model: _Model, version: int, path: str) -> None:
         name = model.config.name
         with self._lock:
             model.statuses[version] = VersionStatus(version, "LOADING")
@@ -285,7 +298,7 @@ class ModelRegistry:
                      for sig in sorted(loaded.signatures)),
                  f", {warmed} warm-up requests" if warmed else "")
 
-    def _failed_to_load(self, model: _Model, version: int, path: Path, message: str) -> None:
+    def _failed_to_load(self, model: _Model, version: int, path: str, message: str) -> None:
         name = model.config.name
         failure = self._failed.get((name, version))
         if failure is None:
@@ -301,8 +314,10 @@ class ModelRegistry:
         failure.message = message
         # The status goes to any client of GetModelStatus: it names the version, not where the
         # server keeps its files (the full message, path included, is in the log above).
-        public = message.replace(str(Path(model.config.base_path).resolve()), f"<{name}>")
-        public = public.replace(str(model.config.base_path), f"<{name}>")
+        base = os.fspath(model.config.base_path)
+        public = message if is_url(base) else message.replace(str(Path(base).resolve()),
+                                                              f"<{name}>")
+        public = public.replace(base, f"<{name}>")
         with self._lock:
             model.statuses[version] = VersionStatus(version, "END", grpc.StatusCode.UNKNOWN,
                                                     public)

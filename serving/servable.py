@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 import time
-from pathlib import Path
 from typing import Callable
 
 import grpc
@@ -40,23 +40,23 @@ _PACE_MARGIN = 0.5
 class LoadedVersion:
     """One loaded SavedModel version: its signatures and its in-flight request count."""
 
-    def __init__(self, name: str, version: int, path: Path, batching: BatchingOptions | None,
+    def __init__(self, name: str, version: int, path: str, batching: BatchingOptions | None,
                  on_batch: Callable[[str, int], None] | None = None, *,
                  limits: RequestLimits = RequestLimits(), work: WorkQueue | None = None):
         self.name = name
         self.version = version
-        self.path = path
+        self.path = os.fspath(path)  # a local folder or a URL: TF reads both through gfile
         self.limits = limits
         self._work = work
         # The fastest each signature has run large images, in seconds per pixel: a call whose
         # deadline leaves less than half of what that pace predicts is refused, not started.
         self._seconds_per_pixel: dict[str, float] = {}
-        self._module = tf.saved_model.load(str(path))
+        self._module = tf.saved_model.load(self.path)
         self.signatures = dict(self._module.signatures)
         if not self.signatures:
             raise ValueError(f"{path} has no signatures to serve")
         # The SignatureDefs as written, for GetModelMetadata (TF Serving returns these).
-        saved_model = loader_impl.parse_saved_model(str(path))
+        saved_model = loader_impl.parse_saved_model(self.path)
         self.signature_defs = dict(saved_model.meta_graphs[0].signature_def)
         self.input_specs = {name: _input_specs(fn) for name, fn in self.signatures.items()}
         self._inflight = 0
@@ -116,11 +116,11 @@ class LoadedVersion:
 
     def warm_up(self) -> int:
         """Replays `assets.extra/tf_serving_warmup_requests` like TF Serving; returns the count."""
-        path = self.path / "assets.extra" / V.WARMUP_FILE
-        if not path.exists():
+        path = os.path.join(self.path, "assets.extra", V.WARMUP_FILE)
+        if not tf.io.gfile.exists(path):
             return 0
         count = 0
-        for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+        for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
             log_entry = prediction_log_pb2.PredictionLog.FromString(record)
             if not log_entry.HasField("predict_log"):
                 continue

@@ -29,6 +29,8 @@ from cityseg.images import DEFAULT_MAX_PIXELS
 from serving.config import (
     BatchingOptions,
     ModelConfig,
+    is_url,
+    model_path,
     read_batching_parameters,
     read_model_config_file,
     read_monitoring_config,
@@ -47,7 +49,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 class ServerOptions:
     """Everything `start_server` can be told (the CLI fills it from flags)."""
 
-    models_dir: Path | None = None
+    models_dir: str | None = None      # a local folder or a URL (gs://, s3://, ram://)
     model_configs: list[ModelConfig] | None = None
     grpc_port: int = 0
     rest_port: int = 0                 # None disables REST
@@ -71,8 +73,8 @@ class ServerOptions:
         if self.models_dir is None and self.model_configs is None:
             raise ValueError("give --models-dir or --model_config_file")
         if self.models_dir is not None:
-            self.models_dir = Path(self.models_dir)
-            if not self.models_dir.is_dir():
+            self.models_dir = model_path(self.models_dir)
+            if not models_dir_exists(self.models_dir):
                 raise FileNotFoundError(f"models dir {self.models_dir} does not exist")
         for name, port in (("gRPC", self.grpc_port), ("REST", self.rest_port)):
             if port is not None and not 0 <= port <= 65535:
@@ -95,6 +97,39 @@ class ServerOptions:
             raise ValueError("gRPC concurrent RPCs must be >= 1")
         if self.rest_read_timeout_s <= 0 or self.first_retry_s <= 0:
             raise ValueError("REST read timeout and load retry interval must be positive")
+
+
+def models_dir_exists(path: str) -> bool:
+    """Whether a models folder exists; a URL is asked through `tf.io.gfile`.
+
+    Local folders are checked with `os` so that a flag error answers without loading
+    TensorFlow. `gs://` is built into TensorFlow; other schemes (`s3://`, `hdfs://`) come from
+    `tensorflow-io`'s plugins, which register themselves when it is imported.
+
+    Raises:
+      ValueError: for a URL scheme no installed file system handles.
+    """
+    if not is_url(path):
+        return os.path.isdir(path)
+    import tensorflow as tf
+
+    def isdir() -> bool:  # gfile.isdir answers False for an unknown scheme; exists raises
+        return tf.io.gfile.exists(path) and tf.io.gfile.isdir(path)
+
+    try:
+        try:
+            return isdir()
+        except tf.errors.UnimplementedError:
+            try:
+                import tensorflow_io  # noqa: F401 - registers s3://, hdfs://, az:// with gfile
+            except ImportError:
+                raise ValueError(f"TensorFlow has no file system for {path.split('://')[0]}:// "
+                                 f"(pip install tensorflow-io, the version for your "
+                                 f"TensorFlow)") from None
+            return isdir()
+    except tf.errors.OpError as err:  # credentials, network: one line, not a traceback
+        raise ValueError(f"cannot read models dir {path}: {' '.join(err.message.split())}") \
+            from None
 
 
 def default_concurrency() -> int:
@@ -290,13 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cityseg-serve", description=__doc__.split("\n\n")[0],
         formatter_class=HelpFormatter, epilog=EPILOG)
-    parser.add_argument("--models-dir", "--model_base_dir", dest="models_dir", type=Path,
-                        help="serve every model folder under this directory")
+    parser.add_argument("--models-dir", "--model_base_dir", dest="models_dir", type=model_path,
+                        help="serve every model folder under this directory (a local folder "
+                             "or a URL: gs://bucket/models, s3://... with tensorflow-io)")
     parser.add_argument("--model_config_file", type=Path,
                         help="ModelServerConfig text proto (names, base paths, version "
                              "policies, labels); relative base paths are relative to it")
     parser.add_argument("--model_name", help="with --model_base_path: serve one model")
-    parser.add_argument("--model_base_path", type=Path, help="folder of one model's versions")
+    parser.add_argument("--model_base_path", type=model_path,
+                        help="folder (or URL) of one model's versions")
     parser.add_argument("--grpc-port", "--port", dest="grpc_port", type=int, default=8500)
     parser.add_argument("--rest-port", "--rest_api_port", dest="rest_port", type=int,
                         default=8501, help="0 picks a free port, -1 disables REST")
@@ -370,8 +407,10 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         if not configs:
             raise CliError(f"{args.model_config_file} configures no models")
     elif args.model_base_path is not None:
-        name = args.model_name or args.model_base_path.name
-        configs = [ModelConfig(name=name, base_path=args.model_base_path.resolve())]
+        base = args.model_base_path
+        name = args.model_name or os.path.basename(base)
+        configs = [ModelConfig(name=name, base_path=base if is_url(base)
+                               else os.fspath(Path(base).resolve()))]
     batching = None
     if args.batching_parameters_file is not None:
         batching = read_batching_parameters(args.batching_parameters_file)
