@@ -188,6 +188,39 @@ def scaling(frames: list[int], work: Path, baseline_ref: str | None, output: Pat
     return report
 
 
+def startup(runs: int, work: Path, baseline_ref: str, output: Path) -> dict:
+    """The job's fixed cost: one tiny (64x128) frame, this checkout and the baseline alternated,
+    `runs` times each: wall seconds and peak RSS."""
+    from preprocessing import synth
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    raw = work / "tiny"
+    synth.generate(raw, cities=1, images_per_city=1, splits=("train",), sizes=((64, 128),))
+    baseline = work / "baseline"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(baseline),
+                    baseline_ref], check=True, capture_output=True)
+    trees = {"job": (None, env), "job_baseline": (baseline, {**env, "PYTHONPATH": str(baseline)})}
+    samples: dict[str, list] = {name: [] for name in trees}
+    try:
+        for index in range(runs):
+            for name, (cwd, run_env) in trees.items():
+                out = work / f"out-{name}-{index}"
+                seconds, rss = measure([sys.executable, "-c", _JOB, "--input-root", str(raw),
+                                        "--output-dir", str(out), "--splits", "train"],
+                                       run_env, cwd)
+                samples[name].append({"seconds": round(seconds, 2), "peak_rss_mib": round(rss)})
+                print(f"  {name:13s} {seconds:6.1f} s {rss:6.0f} MiB", flush=True)
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(baseline)],
+                       capture_output=True)
+    report = {"machine": {"nproc": os.cpu_count(), "cpu_model": cpu_model(),
+                          "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+              "frame": [64, 128], "baseline_ref": baseline_ref, "runs": samples,
+              "median_seconds": {n: sorted(r["seconds"] for r in v)[len(v) // 2]
+                                 for n, v in samples.items()}}
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
 # The job as its console script runs it, importable from the cwd's tree (the baseline's).
 _JOB = "import sys; from preprocessing.pipeline import main; sys.exit(main())"
 
@@ -239,12 +272,23 @@ def main(argv=None) -> int:
                              "loop at each (writes docs/benchmarks/job_scaling.json)")
     parser.add_argument("--baseline-ref", default=None,
                         help="with --scaling: also run the job of this git revision")
+    parser.add_argument("--startup", type=int, default=0, metavar="RUNS",
+                        help="with --baseline-ref: one tiny frame RUNS times, alternating "
+                             "(writes docs/benchmarks/job_startup.json)")
     parser.add_argument("--loop-only", nargs=2, metavar=("RAW", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.loop_only:
         print(time_loop(Path(args.loop_only[0]), Path(args.loop_only[1])))
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if args.startup:
+        work = Path(tempfile.mkdtemp(prefix="preprocess-startup-"))
+        try:
+            startup(args.startup, work, args.baseline_ref or "HEAD",
+                    REPO / "docs/benchmarks/job_startup.json")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     if args.scaling:
         work = Path(args.work_dir or tempfile.mkdtemp(prefix="preprocess-scaling-"))
         try:
