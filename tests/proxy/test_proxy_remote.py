@@ -9,7 +9,11 @@ the real `cityseg-serve` and the ground truth read from memory.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 import uuid
+from pathlib import Path
 
 import fsspec
 import pytest
@@ -107,3 +111,44 @@ def test_a_url_whose_file_system_is_not_installed_says_what_to_install(dataset):
     with pytest.raises(ManifestError, match="gcsfs"):
         create_app(app_config(dataset, "127.0.0.1:1", DATA_DIR="gs://bucket/data",
                               RAW_ROOT="gs://bucket/raw"))
+
+
+def test_remote_reads_import_no_tensorflow_and_local_ones_no_fsspec(app):
+    """In a fresh interpreter: a local app never loads fsspec; a memory:// app loads no
+    TensorFlow (the `cityseg[proxy]` install has none)."""
+    script = textwrap.dedent("""
+        import json, sys
+        from pathlib import Path
+        from proxy.app import create_app
+
+        config = json.loads(sys.argv[1])
+        image_id = "frankfurt_000000_000294"
+        local = create_app(config).test_client()
+        answers = {"local": local.get(f"/api/v1/images/{image_id}/image.png").status_code,
+                   "fsspec_after_local": "fsspec" in sys.modules}
+        import fsspec
+        fs = fsspec.filesystem("memory")
+        rows = [json.loads(line) for line in
+                Path(config["DATA_DIR"], "manifest.jsonl").read_text().splitlines()]
+        rows = [row for row in rows if row["city"] != "evil"]
+        for row in rows:
+            fs.pipe(f"memory://r/raw/{row['image']}",
+                    Path(config["RAW_ROOT"], row["image"]).read_bytes())
+        fs.pipe("memory://r/data/manifest.jsonl",
+                "".join(json.dumps(row) + "\\n" for row in rows).encode())
+        remote = create_app({**config, "DATA_DIR": "memory://r/data",
+                             "RAW_ROOT": "memory://r/raw"}).test_client()
+        answers["remote"] = remote.get(f"/api/v1/images/{image_id}/image.png").data == \\
+            local.get(f"/api/v1/images/{image_id}/image.png").data
+        answers["tensorflow"] = sorted(n for n in sys.modules if n.split(".")[0] in
+                                       ("tensorflow", "keras", "apache_beam", "training"))
+        print(json.dumps(answers))
+    """)
+    config = {key: app.config[key] for key in ("DATA_DIR", "RAW_ROOT", "SERVING", "MODEL")}
+    result = subprocess.run([sys.executable, "-c", script, json.dumps(config)],
+                            cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answers == {"local": 200, "fsspec_after_local": False, "remote": True,
+                       "tensorflow": []}
