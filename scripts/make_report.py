@@ -38,7 +38,14 @@ COMMANDS = {
     "serving": "python benchmarks/serving_bench.py",
     "proxy_load": "python benchmarks/proxy_load.py",
     "setup_times": "python benchmarks/setup_times.py",
+    "recipes": "python benchmarks/real_photos.py (exact flags in the section)",
+    "job_scaling": "python benchmarks/preprocess_bench.py --scaling",
+    "server_hardening": "python benchmarks/server_hardening.py",
+    "proxy_slow_clients": "python benchmarks/proxy_slow_clients.py",
+    "proxy_footprint": "python benchmarks/proxy_footprint.py",
 }
+# Benchmarks that write their own markdown next to the JSON: the report includes it as it is.
+MARKDOWN_SECTIONS = ("recipes", "job_scaling", "server_hardening")
 
 
 def load(name: str) -> dict[str, Any] | None:
@@ -262,6 +269,30 @@ def section_real_photos(doc: dict[str, Any] | None, realtime: dict[str, Any] | N
     return out
 
 
+def section_markdown(name: str) -> list[str]:
+    """A benchmark's own markdown, its title one level down."""
+    path = BENCH / f"{name}.md"
+    if not path.is_file():
+        return []
+    text = path.read_text().strip().splitlines()
+    return ["#" + line if line.startswith("#") else line for line in text] + [
+        "", f"_Source: `docs/benchmarks/{name}.json`, written by `{COMMANDS[name]}`._", ""]
+
+
+def section_slow_clients(doc: dict[str, Any] | None) -> list[str]:
+    if doc is None:
+        return []
+    out = ["## The proxy under slow clients", "", doc["what"], "",
+           "| proxy | p50 unloaded ms | p50 with slow clients ms | unanswered | ratio |",
+           "|---|---:|---:|---:|---:|"]
+    for name, row in doc["results"].items():
+        out.append(f"| {name} | {fmt(row['unloaded']['p50_ms'], 1)} "
+                   f"| {fmt(row['with_slow_clients']['p50_ms'], 1)} "
+                   f"| {row['with_slow_clients']['unanswered']} of "
+                   f"{row['with_slow_clients']['requests']} | {fmt(row['p50_ratio'])} |")
+    return out + ["", f"Target: {doc['target']}.", "", source("proxy_slow_clients"), ""]
+
+
 def readme_block(docs: dict[str, dict[str, Any] | None]) -> list[str]:
     out = [BEGIN, "", "Measured on this project's 2-core machine (details and commands in "
            "[docs/REPORT.md](docs/REPORT.md)):", ""]
@@ -269,7 +300,9 @@ def readme_block(docs: dict[str, dict[str, Any] | None]) -> list[str]:
     if setup:
         for row in setup["runs"]:
             out.append(f"- `{row['command']}` from a fresh clone: "
-                       f"{row['seconds'] / 60:.1f} min ({result_text(row)})")
+                       f"{row['seconds'] / 60:.1f} min ({result_text(row)}; measured "
+                       f"{setup['measured_at'][:10]}, re-run benchmarks/setup_times.py for "
+                       "today's suite)")
     real = docs["real_photos"]
     if real:
         for row in real["summary"]:
@@ -298,12 +331,23 @@ def readme_block(docs: dict[str, dict[str, Any] | None]) -> list[str]:
     if pre:
         out.append(f"- Beam preprocessing: {pre['ratios']['loop_over_job']:.2f}x the speed "
                    f"of a plain single-process loop ({pre['images']} full-resolution frames)")
+    job = docs["job_scaling"]
+    if job:
+        by_frames = {row["frames"]: row for row in job["rows"]}
+        out.append("- Beam job against the loop (job time / loop time, target 0.6 at 24 and 0.35 "
+                   "at 96 frames): " + ", ".join(f"{row['job_over_loop']:.2f} at {n}"
+                                                for n, row in sorted(by_frames.items()))
+                   + f"; peak memory at 384 frames {job['peak_rss_384_over_96']['job']:.3f}x "
+                     "the 96-frame peak (target 1.2)")
     inp = docs["input_pipeline"]
     if inp:
         out.append(f"- tf.data input pipeline: {inp['ratio']:.1f}x the seed's loader "
                    f"({inp.get('ratio_cached', inp['ratio']):.1f}x with the in-memory cache)"
                    if "ratio_cached" in inp else
                    f"- tf.data input pipeline: {inp['ratio']:.1f}x the seed's loader")
+        if "ratio_augmented" in inp:
+            out[-1] += (f"; uncached with augmentation {inp['ratio_augmented']:.1f}x "
+                        f"(target {inp.get('target_ratio', 10):g}x)")
     srv = docs["serving"]
     if srv:
         lat = srv["latency"]
@@ -315,6 +359,27 @@ def readme_block(docs: dict[str, dict[str, Any] | None]) -> list[str]:
         out.append(f"- proxy, {prx['config']['clients']} clients: {r['errors']} errors in "
                    f"{r['requests']} requests, p50 {r['latency_ms']['p50']:.0f} ms, "
                    f"p99 {r['latency_ms']['p99']:.0f} ms")
+    slow = docs["proxy_slow_clients"]
+    if slow:
+        after = slow["results"]["after"]
+        out.append(f"- proxy with 16 slow clients holding connections: p50 "
+                   f"{after['p50_ratio']:.2f}x its unloaded p50 (target under 2x; before: "
+                   f"{slow['results']['before']['with_slow_clients']['unanswered']} of "
+                   f"{slow['results']['before']['with_slow_clients']['requests']} unanswered)")
+    foot = docs["proxy_footprint"]
+    if foot:
+        ratios = foot["ratios_new_over_today"]
+        out.append(f"- thin proxy: gunicorn master memory {ratios['master_rss']:.3f}x and cold "
+                   f"start {ratios['cold_start']:.3f}x those of the TensorFlow-loading proxy "
+                   f"(baseline {foot['baseline']['ref']}; target 0.25)")
+    hard = docs["server_hardening"]
+    if hard:
+        rows = hard["abandoned"]
+        new = next(v for k, v in rows.items() if k.startswith("new"))
+        old = next(v for k, v in rows.items() if k.startswith("old"))
+        out.append(f"- model server: a small call right after 8 abandoned 4096x4096 calls "
+                   f"takes {new['after_abandoned_s']:.3f} s (alone {new['alone_s']:.4f} s; before the "
+                   f"fix {old['after_abandoned_s']:.1f} s)")
     return out + ["", END]
 
 
@@ -331,6 +396,9 @@ def main() -> int:
     lines += section_input(docs["input_pipeline"])
     lines += section_serving(docs["serving"])
     lines += section_proxy(docs["proxy_load"])
+    for name in MARKDOWN_SECTIONS:
+        lines += section_markdown(name)
+    lines += section_slow_clients(docs["proxy_slow_clients"])
     REPORT.write_text("\n".join(lines).rstrip() + "\n")
 
     readme = README.read_text()
