@@ -362,7 +362,8 @@ def readme_block(docs: dict[str, dict[str, Any] | None]) -> list[str]:
     slow = docs["proxy_slow_clients"]
     if slow:
         after = slow["results"]["after"]
-        out.append(f"- proxy with 16 slow clients holding connections: p50 "
+        out.append(f"- proxy with {slow['config']['slow_clients']} slow clients holding "
+                   f"connections: p50 "
                    f"{after['p50_ratio']:.2f}x its unloaded p50 (target under 2x; before: "
                    f"{slow['results']['before']['with_slow_clients']['unanswered']} of "
                    f"{slow['results']['before']['with_slow_clients']['requests']} unanswered)")
