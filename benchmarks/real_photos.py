@@ -11,7 +11,11 @@ stride). Recipes:
 - `default`: `cityseg-train` with its default flags: what the issue's target is about;
 - `seed-recipe`: the seed project's recipe (U-Net 64..1024, every frame squashed to 128x128,
   no augmentation, plain cross-entropy, constant learning rate), the same budget;
-- `colour-baseline`: a per-pixel colour classifier (`training.baselines`), no training budget.
+- `colour-baseline`: a per-pixel colour classifier (`training.baselines`), no training budget;
+- `model-unet`, `model-pspnet`, `model-fcn8`: the default recipe with another architecture
+  (with `default`, the trainer's default model, that is the model comparison); with
+  `--latency-runs N` each architecture's exported SavedModel is also timed on a 2048x1024 PNG
+  in the same run (`realtime.time_model`), so quality and latency come from one command.
 
 The development set of this project is CamVid laid out as a Cityscapes tree
 (`../shared/data/camvid-dev`, not part of the project): `val` scores frames of a sequence that
@@ -54,6 +58,9 @@ RECIPES: dict[str, list[str]] = {
     "weighted-ce": ["--loss", "weighted_ce"],
     "rotation-10": ["--rotation", "10"],
     "no-aux": ["--no-aux"],
+    # The model comparison: the default recipe with another architecture (`default` is the
+    # trainer's default model).
+    **{f"model-{name}": ["--model", name] for name in ("unet", "pspnet", "fcn8")},
 }
 BASELINE = "colour-baseline"
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks" / "real_photos"
@@ -104,6 +111,32 @@ def baseline_row(data_name: str, data: Path, work: Path) -> dict[str, Any]:
     return {"recipe": BASELINE, "data": data_name, "seed": None, **_metric_fields(metrics)}
 
 
+def latency_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every trained architecture's exported signature on one 2048x1024 PNG, in this run.
+
+    The first seed's weights of each model, exported as `cityseg-export` does (default
+    working resolution), timed by `realtime.time_model` against `tf.io.decode_png` of the same
+    bytes, interleaved call by call.
+    """
+    from realtime import street_frame, time_model  # the script's folder is on sys.path
+    from training.export import DEFAULT_MAX_LONG_SIDE
+
+    first_runs: dict[str, Path] = {}
+    for row in rows:
+        if row.get("model") and row.get("run_dir"):
+            first_runs.setdefault(row["model"], Path(row["run_dir"]))
+    size = (1024, 2048)
+    frame = street_frame(size)
+    settings = argparse.Namespace(max_long_side=DEFAULT_MAX_LONG_SIDE, frame=size,
+                                  runs=args.latency_runs, pause=0.2)
+    out = []
+    for name, run_dir in first_runs.items():
+        log.info("timing the exported %s on a %dx%d PNG (%d calls)", name, size[1], size[0],
+                 args.latency_runs)
+        out.append(time_model(name, frame, settings, {name: run_dir}))
+    return out
+
+
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean, min and max over seeds for each (recipe, data)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -131,8 +164,10 @@ def to_markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     m = result["machine"]
     lines = [
-        "# Real street photos: " + ("the default recipe and its floors" if "seed-recipe" in s["recipes"]
-                                    else "recipes compared"),
+        "# Real street photos: " + (
+            "the default recipe and its floors" if "seed-recipe" in s["recipes"]
+            else "every architecture under the default recipe"
+            if any(r.startswith("model-") for r in s["recipes"]) else "recipes compared"),
         "",
         f"Generated {result['generated']} by `{result['command']}` on {m['nproc']} CPU cores "
         f"({m['cpu_model']}), TensorFlow {m.get('tensorflow')}.",
@@ -160,6 +195,19 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"| {_num(row['mean_iou_7'])} | {_num(row['min'])}..{_num(row['max'])} "
             f"| {_num(row['train_images_per_second'], 1)} | "
             + " | ".join(_num(iou.get(CATEGORIES[i])) for i in EVALUATED_CATEGORIES) + " |")
+    if result.get("latency"):
+        lines += ["", "Latency of each architecture's exported SavedModel (first seed's weights, "
+                  "default export working resolution), measured in the same run: one "
+                  "2048x1024 PNG through the signature (decode, model, mask PNG encode), "
+                  f"{len(result['latency'][0]['served_ms'])} calls interleaved with "
+                  "`tf.io.decode_png` of the same bytes; real-time target: p50 <= 4x decode.",
+                  "", "| model | params | working resolution | p50 ms | p90 ms "
+                  "| decode_png p50 ms | ratio | target |", "|---|---:|---|---:|---:|---:|---:|---|"]
+        for row in result["latency"]:
+            lines.append(f"| {row['model']} | {row['params']:,} "
+                         f"| {'x'.join(map(str, row['working_resolution']))} | {row['p50_ms']} "
+                         f"| {row['p90_ms']} | {row['decode_png_p50_ms']} | {row['ratio']} "
+                         f"| {'met' if row['meets_target'] else 'missed'} |")
     lines += ["", "Every run:", "",
               "| recipe | data | seed | epochs | train images/s | best val (trainer) "
               "| mean IoU 7 (evaluate) |", "|---|---|---:|---:|---:|---:|---:|"]
@@ -177,6 +225,12 @@ examples:
   # the committed figures (CamVid dev set as two DATA folders, see the module docstring)
   python benchmarks/real_photos.py --data val=data/camvid --data held-out=data/camvid-heldout \\
       --time-limit 20 --seeds 0,1 --work-dir out/real
+
+  # the model comparison: every architecture, default recipe, quality and latency
+  python benchmarks/real_photos.py --data val=data/camvid \
+      --recipes default,model-unet,model-pspnet,model-fcn8 --time-limit 10 --seeds 0,1 \
+      --latency-runs 11 --no-baseline --work-dir out/models \
+      --output docs/benchmarks/model_comparison_real
 
   # only the default recipe, one seed, 5 minutes
   python benchmarks/real_photos.py --data val=data/camvid --recipes default --seeds 0 \\
@@ -198,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-limit", type=float, default=20.0, metavar="MINUTES")
     parser.add_argument("--train-arg", action="append", default=[],
                         help="extra flag for every cityseg-train (repeatable)")
+    parser.add_argument("--latency-runs", type=int, default=0, metavar="N",
+                        help="also time every architecture's exported model on a 2048x1024 "
+                             "PNG, N calls (0: not timed)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false")
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--work-dir", type=Path, default=REPO / "out" / "real")
@@ -230,6 +287,8 @@ def _main(argv: Sequence[str] | None) -> int:
                 (item.partition("=") for item in args.seeds_of)}
     if set(seeds_of) - set(data):
         raise CliError(f"--seeds-of names unknown data sets {sorted(set(seeds_of) - set(data))}")
+    if args.latency_runs < 0:
+        raise CliError(f"--latency-runs must be >= 0, not {args.latency_runs}")
     work = args.work_dir.resolve()
     rows = []
     for name, path in data.items():
@@ -249,6 +308,7 @@ def _main(argv: Sequence[str] | None) -> int:
                      "train_args": args.train_arg},
         "rows": rows,
         "summary": aggregate(rows),
+        "latency": latency_rows(rows, args) if args.latency_runs > 0 else [],
     }
     write_result(args.output, result, to_markdown(result))
     log.info("wrote %s.json and .md", args.output)
