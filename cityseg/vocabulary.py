@@ -238,6 +238,11 @@ FEATURE_HEIGHT = "image/height"
 FEATURE_WIDTH = "image/width"
 FEATURE_ORIGINAL_HEIGHT = "image/original_height"
 FEATURE_ORIGINAL_WIDTH = "image/original_width"
+# How `image/encoded` is encoded: one of IMAGE_FORMATS. PNG is the default and the contract's
+# format; `cityseg-preprocess --image-format jpeg` stores JPEG (readers also tell the two apart
+# by the bytes). Labels are PNG always: category ids must survive lossless.
+FEATURE_FORMAT = "image/format"
+IMAGE_FORMATS = ("png", "jpeg")
 
 TFRECORDS_DIR = "tfrecords"
 MANIFEST_FILE = "manifest.jsonl"

@@ -235,9 +235,46 @@ def encode_png(array: np.ndarray, compression: int = -1) -> bytes:
     return tf.io.encode_png(array, compression=compression).numpy()
 
 
-def to_example(pair: Pair, image_png: bytes, label_png: bytes, size: tuple[int, int],
-               original_size: tuple[int, int]) -> tf.train.Example:
-    """Builds the contract's tf.train.Example for one encoded pair."""
+# JPEG quality of the camera images when the records store JPEG (`--image-format jpeg`). At 95
+# the images decode within 2.44 of the PNG records' pixels on average (0..255), and the
+# uncached augmented training input reads 10.31 images/s against 5.15 from PNG
+# (docs/benchmarks/input_pipeline.json, which encodes with the same options).
+DEFAULT_JPEG_QUALITY = 95
+
+
+def encode_jpeg(array: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
+    """JPEG-encodes a uint8 [H, W, 3] image, deterministic for a given array and quality.
+
+    Every option of tf.io.encode_jpeg is spelt out (baseline, not optimised, 4:2:0 chroma,
+    no metadata), so that the bytes of a re-run never depend on a library default.
+    """
+    return tf.io.encode_jpeg(array, format="rgb", quality=quality, progressive=False,
+                             optimize_size=False, chroma_downsampling=True, density_unit="in",
+                             x_density=300, y_density=300, xmp_metadata="").numpy()
+
+
+def encode_image(image: np.ndarray, image_format: str = "png",
+                 jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
+    """The record's camera image: PNG at IMAGE_PNG_COMPRESSION, or JPEG at `jpeg_quality`.
+
+    Raises:
+      ValueError: for a format not in vocabulary.IMAGE_FORMATS.
+    """
+    if image_format == "png":
+        return encode_png(image, IMAGE_PNG_COMPRESSION)
+    if image_format == "jpeg":
+        return encode_jpeg(image, jpeg_quality)
+    raise ValueError(f"image format must be one of {', '.join(vocab.IMAGE_FORMATS)}, "
+                     f"not {image_format!r}")
+
+
+def to_example(pair: Pair, image_encoded: bytes, label_png: bytes, size: tuple[int, int],
+               original_size: tuple[int, int], image_format: str = "png") -> tf.train.Example:
+    """Builds the contract's tf.train.Example for one encoded pair.
+
+    Args:
+      image_format: how `image_encoded` is encoded ("png" or "jpeg"), stored as image/format.
+    """
     def _bytes(value: bytes) -> tf.train.Feature:
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
@@ -248,7 +285,8 @@ def to_example(pair: Pair, image_png: bytes, label_png: bytes, size: tuple[int, 
         vocab.FEATURE_ID: _bytes(pair.image_id.encode()),
         vocab.FEATURE_CITY: _bytes(pair.city.encode()),
         vocab.FEATURE_SPLIT: _bytes(pair.split.encode()),
-        vocab.FEATURE_IMAGE: _bytes(image_png),
+        vocab.FEATURE_IMAGE: _bytes(image_encoded),
+        vocab.FEATURE_FORMAT: _bytes(image_format.encode()),
         vocab.FEATURE_LABEL: _bytes(label_png),
         vocab.FEATURE_HEIGHT: _int(size[0]),
         vocab.FEATURE_WIDTH: _int(size[1]),
@@ -265,8 +303,11 @@ def manifest_row(pair: Pair, original_size: tuple[int, int]) -> dict:
 
 
 def encode_pair(input_root: str, pair: Pair, image_size: tuple[int, int] | None,
-                max_pixels: int = image_checks.DEFAULT_MAX_PIXELS) -> Encoded:
-    """The whole per-pair work: load, validate, remap, resize, PNG-encode, serialise.
+                max_pixels: int = image_checks.DEFAULT_MAX_PIXELS, image_format: str = "png",
+                jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> Encoded:
+    """The whole per-pair work: load, validate, remap, resize, encode, serialise.
+
+    The image is encoded as `image_format` (`encode_image`); the label is PNG always.
 
     Raises:
       cityseg.raw.RejectedInput: with the reason the pair cannot be used.
@@ -275,9 +316,8 @@ def encode_pair(input_root: str, pair: Pair, image_size: tuple[int, int] | None,
     original_size = image.shape[:2]
     mask = to_category_mask(label_ids, pair.label)
     image, mask = resize_pair(image, mask, image_size)
-    example = to_example(pair, encode_png(image, IMAGE_PNG_COMPRESSION), encode_png(mask),
-                         image.shape[:2],
-                         original_size)
+    example = to_example(pair, encode_image(image, image_format, jpeg_quality), encode_png(mask),
+                         image.shape[:2], original_size, image_format)
     counts = np.bincount(mask.ravel(), minlength=vocab.NUM_CATEGORIES)
     return Encoded(
         split=pair.split, image_id=pair.image_id,
@@ -394,14 +434,20 @@ def merge_split_stats(parts: Iterable[dict]) -> dict:
     return out
 
 
-def stats_document(splits: dict[str, dict], image_size: tuple[int, int] | None) -> dict:
+def stats_document(splits: dict[str, dict], image_size: tuple[int, int] | None,
+                   image_format: str = "png", jpeg_quality: int | None = None) -> dict:
     """The stats.json document: one entry per split (the contract's layout:
     `stats[split]["images"]`, `stats[split]["category_pixels"]`) and the class weights of
-    train (`cityseg.stats.class_weights`, the formula the trainer uses too)."""
+    train (`cityseg.stats.class_weights`, the formula the trainer uses too).
+
+    `image_size`, `image_format` and `jpeg_quality` (None unless JPEG) are the settings of
+    the run that wrote the file, as given on its command line."""
     weights = split_class_weights(splits, "train")
     return {
         "categories": list(vocab.CATEGORIES),
         "image_size": list(image_size) if image_size else "native",
+        "image_format": image_format,
+        "jpeg_quality": jpeg_quality if image_format == "jpeg" else None,
         **{name: splits[name] for name in sorted(splits)},
         "class_weights": weights,
         "class_weights_method": CLASS_WEIGHTS_METHOD,

@@ -151,7 +151,8 @@ def test_encode_pair_writes_the_contract_example(tmp_path, rng):
     assert set(feature) == {vocab.FEATURE_ID, vocab.FEATURE_CITY, vocab.FEATURE_SPLIT,
                             vocab.FEATURE_IMAGE, vocab.FEATURE_LABEL, vocab.FEATURE_HEIGHT,
                             vocab.FEATURE_WIDTH, vocab.FEATURE_ORIGINAL_HEIGHT,
-                            vocab.FEATURE_ORIGINAL_WIDTH}
+                            vocab.FEATURE_ORIGINAL_WIDTH, vocab.FEATURE_FORMAT}
+    assert feature[vocab.FEATURE_FORMAT].bytes_list.value == [b"png"]
     assert feature[vocab.FEATURE_ID].bytes_list.value == [b"aachen_000004_000019"]
     assert feature[vocab.FEATURE_CITY].bytes_list.value == [b"aachen"]
     assert feature[vocab.FEATURE_SPLIT].bytes_list.value == [b"train"]
