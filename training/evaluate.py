@@ -246,8 +246,9 @@ def evaluate_saved_model(export_dir: str, data_dir: str, split: str, *, batch_si
                          serve=None) -> Evaluation:
     """Confusion matrix of an exported SavedModel over a split, through its serving signature.
 
-    The stored PNG bytes are sent as they are, and the returned PNG masks are compared with
-    the stored labels at full record resolution: what a serving client would get.
+    The stored image bytes (PNG, or JPEG from `cityseg-preprocess --image-format jpeg`) are
+    sent as they are, and the returned PNG masks are compared with the stored labels at full
+    record resolution: what a serving client would get.
 
     Args:
       serve: the signature from `serving_signature(export_dir)`, when the caller already
@@ -267,6 +268,7 @@ def evaluate_saved_model(export_dir: str, data_dir: str, split: str, *, batch_si
             masks = serve(**{V.INPUT_KEY: encoded})[V.OUTPUT_KEY].numpy()
             for image_png, label_png, mask_png in zip(
                     encoded.numpy(), features[V.FEATURE_LABEL].numpy(), masks):
+                # tf.io.decode_png decodes JPEG records too (as its documentation says).
                 image = tf.io.decode_png(image_png, channels=3).numpy()
                 label = tf.io.decode_png(label_png, channels=1).numpy()[..., 0]
                 mask = tf.io.decode_png(mask_png, channels=1).numpy()[..., 0]

@@ -224,7 +224,7 @@ def load_run_model(run_dir: str | os.PathLike, config: dict[str, Any]) -> tuple[
 
 
 def warmup_images_from_data(data_dir: str | os.PathLike, count: int = 3) -> list[bytes]:
-    """A few PNG images from DATA's val (else train) records, as stored.
+    """A few images from DATA's val (else train) records, as stored (PNG, or JPEG).
 
     TF Serving replays them when it loads the model, so the first real request does not pay
     for graph warm-up. Returns [] when the data is not there (exporting on another machine).
