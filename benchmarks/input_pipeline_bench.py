@@ -7,9 +7,9 @@ deliver >= 10x the images/s of the seed's way, a `keras.utils.PyDataset` that re
 2048x1024 PNGs, remaps label ids to categories and resizes every batch, on the same photos.
 
 Steps: `cityseg-synth` writes full-size (1024x2048) synthetic photos in the Cityscapes layout,
-the Beam job (`cityseg-preprocess --image-size 512x1024`) turns them into TFRecords, and a copy
-of those records with the image re-encoded as JPEG (quality `--jpeg-quality`; the label stays
-PNG) is written beside them (none of this is timed). Then every loader runs one untimed
+the Beam job (`cityseg-preprocess --image-size 512x1024`) turns them into TFRecords, and runs
+again with `--image-format jpeg --jpeg-quality Q` (the label stays PNG) into a second folder
+(none of this is timed). Then every loader runs one untimed
 warm-up epoch (warm page cache, traced graphs, and for `cache=True` a filled cache;
 augmentation still runs in every epoch), and the timed epochs ALTERNATE between the loaders:
 epoch 1 of each, then epoch 2 of each, ..., so that other load on the machine weighs on all of
@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="JSON results file")
     parser.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     parser.add_argument("--jpeg-quality", type=int, default=95,
-                        help="quality of the JPEG copy of the records")
+                        help="quality of the JPEG records (cityseg-preprocess "
+                             "--image-format jpeg --jpeg-quality)")
     return parser
 
 
@@ -193,24 +194,6 @@ def stage_profile(timings: dict[str, dict]) -> dict:
                     "share": round(seconds / total, 3)} for stage, seconds in added.items()}
 
 
-def write_jpeg_records(data: Path, target: Path, quality: int) -> None:
-    """A copy of DATA's train records with the image re-encoded as JPEG (label kept PNG)."""
-    import tensorflow as tf
-
-    from training import data as D
-
-    folder = target / V.TFRECORDS_DIR / "train"
-    folder.mkdir(parents=True, exist_ok=True)
-    for shard in D.list_shards(data, "train"):
-        with tf.io.TFRecordWriter(str(folder / Path(shard).name)) as writer:
-            for serialized in tf.data.TFRecordDataset(shard):
-                example = tf.train.Example.FromString(serialized.numpy())
-                feature = example.features.feature[V.FEATURE_IMAGE].bytes_list
-                image = tf.io.decode_png(feature.value[0], channels=3)
-                feature.value[0] = tf.io.encode_jpeg(image, quality=quality).numpy()
-                writer.write(example.SerializeToString())
-
-
 # --- Data preparation (untimed) ------------------------------------------------------------------
 
 def prepare(work: Path, args) -> tuple[Path, Path, list[tuple[str, str]]]:
@@ -236,8 +219,12 @@ def prepare(work: Path, args) -> tuple[Path, Path, list[tuple[str, str]]]:
         marker.write_text(json.dumps(wanted))
     jpeg = work / f"data-jpeg{args.jpeg_quality}"
     if not (jpeg / V.TFRECORDS_DIR).is_dir():
-        log.info("re-encoding the records' images as JPEG (quality %d)", args.jpeg_quality)
-        write_jpeg_records(data, jpeg, args.jpeg_quality)
+        log.info("running the Beam job again with --image-format jpeg (quality %d)",
+                 args.jpeg_quality)
+        pipeline.run(["--input-root", str(raw), "--output-dir", str(jpeg), "--splits", "train",
+                      "--image-size", "x".join(map(str, args.record_size)),
+                      "--num-shards", str(args.num_shards), "--image-format", "jpeg",
+                      "--jpeg-quality", str(args.jpeg_quality)], save_main_session=False)
     rows = [json.loads(line) for line in (data / V.MANIFEST_FILE).read_text().splitlines()
             if line.strip()]
     pairs = sorted((row["image"], row["label"]) for row in rows if row["split"] == "train")
@@ -319,9 +306,9 @@ def _main(argv: Sequence[str] | None) -> int:
                                    "what": "training.data.make_dataset(shuffle=True, "
                                            "augment=True)"},
         "make_dataset_jpeg_augmented": {
-            **jpeg_augmented, "what": "as make_dataset_augmented, from a copy of the records "
-                                      "whose images are JPEG (decoded at half size in the DCT "
-                                      "domain); labels PNG",
+            **jpeg_augmented,
+            "what": "as make_dataset_augmented, from the job's records written with "
+                    "--image-format jpeg (decoded at half size in the DCT domain); labels PNG",
             "mean_abs_pixel_error": jpeg_error},
         "make_dataset_cached": {
             **cached_plain, "what": "training.data.make_dataset(shuffle=True, cache=True), "
