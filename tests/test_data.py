@@ -244,6 +244,21 @@ def test_whole_frames_padded_to_the_stride_batch_together(mixed_sizes):
     assert seen == sizes
 
 
+def test_autotune_off_keeps_the_same_batches(mixed_sizes):
+    """Validation inside fit runs without tf.data autotuning (its iterator is remade every
+    epoch, and deleting an autotuned one stalled): the option is set and the batches are the
+    ones the autotuned pipeline gives."""
+    root, _ = mixed_sizes
+    kwargs = dict(batch_size=2, seed=0, pad_to_multiple=16)
+    tuned = data.make_dataset(root, "train", **kwargs)
+    fixed = data.make_dataset(root, "train", autotune=False, **kwargs)
+    assert tuned.options().autotune.enabled is True
+    assert fixed.options().autotune.enabled is False
+    for (a_img, a_lab), (b_img, b_lab) in zip(tuned, fixed, strict=True):
+        np.testing.assert_array_equal(a_img.numpy(), b_img.numpy())
+        np.testing.assert_array_equal(a_lab.numpy(), b_lab.numpy())
+
+
 def _jpeg_record(image, label):
     """A contract record whose image is JPEG (the label stays PNG)."""
     h, w = label.shape

@@ -165,12 +165,13 @@ def _fit(cfg: TrainConfig, cluster, strategy, stats: dict[str, Any], out: str,
         # In a fixed order (a seed; nothing is shuffled or augmented here): the same frames
         # share a batch every epoch, and the CPU kernels' results depend on the batch, so an
         # unordered pipeline moved val mean IoU by 1e-3 between identical runs, and best.keras
-        # no longer scored what history.csv says.
+        # no longer scored what history.csv says. Without autotuning: fit makes this
+        # iterator again every epoch, and deleting an autotuned one stalled each epoch.
         val_ds = data.make_dataset(
             cfg.data_dir, cfg.val_split, batch_size=global_batch, image_size=cfg.image_size,
             seed=0,
             repeat=multi or cfg.validation_steps is not None, cache=cfg.cache,
-            pad_to_multiple=stride)
+            pad_to_multiple=stride, autotune=False)
 
         with strategy.scope():
             inference_model = models.build_model(cfg.model, num_classes=V.NUM_CATEGORIES,
