@@ -33,6 +33,7 @@ COMMANDS = {
     "real_photos": "python benchmarks/real_photos.py (exact flags in the section)",
     "realtime": "python benchmarks/realtime.py (exact flags in the section)",
     "model_comparison": "python benchmarks/compare_models.py (exact flags in the table's header)",
+    "model_comparison_real": "python benchmarks/real_photos.py (exact flags in the section)",
     "preprocess": "python benchmarks/preprocess_bench.py",
     "input_pipeline": "python benchmarks/input_pipeline_bench.py",
     "serving": "python benchmarks/serving_bench.py",
@@ -97,8 +98,53 @@ def section_setup(doc: dict[str, Any] | None) -> list[str]:
     return out
 
 
+def section_models_real(doc: dict[str, Any] | None) -> list[str]:
+    """Every architecture on real photos under the default recipe, with its latency."""
+    out = ["## Models on real street photos: quality against latency", ""]
+    if doc is None:
+        return out + ["Not measured yet.", ""]
+    table = (BENCH / "model_comparison_real.md").read_text().strip().splitlines()
+    out += [line for line in table if not line.startswith("# ")]
+    points = quality_latency_points(doc)
+    if points:
+        plot_quality_latency(points, doc, PLOTS / "quality_vs_latency_real.png")
+        out += ["", "![mean IoU on CamVid val against the exported model's latency]"
+                "(report/quality_vs_latency_real.png)", ""]
+    return out + [source("model_comparison_real"), ""]
+
+
+def quality_latency_points(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """One point per architecture: mean IoU over seeds (min..max) and its exported p50."""
+    latency = {row["model"]: row for row in doc.get("latency", [])}
+    return [{**row, "latency": latency[row["model"]]} for row in doc["summary"]
+            if row.get("model") in latency and row.get("mean_iou_7") is not None]
+
+
+def plot_quality_latency(points: list[dict[str, Any]], doc: dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for p in points:
+        x, y = p["latency"]["p50_ms"], p["mean_iou_7"]
+        ax.errorbar(x, y, yerr=[[y - p["min"]], [p["max"] - y]], fmt="o", ms=7, capsize=4)
+        ax.annotate(f"{p['model']} ({p['seeds']} seeds)", (x, y),
+                    textcoords="offset points", xytext=(7, 5))
+    decode = np.median([p["latency"]["decode_png_p50_ms"] for p in points])
+    ax.axvline(4 * decode, color="0.4", linestyle="--", linewidth=1)
+    ax.annotate("real-time target: 4x decode_png", (4 * decode, ax.get_ylim()[0]),
+                textcoords="offset points", xytext=(4, 6), fontsize=8, color="0.3")
+    ax.set_xscale("log")
+    ax.margins(x=0.3, y=0.15)  # room for the labels beside the outermost points
+    ax.set_xlabel("exported model, one 2048x1024 PNG, p50 ms (2 CPU cores, log scale)")
+    ax.set_ylabel("mean IoU (7 categories), CamVid val")
+    ax.set_title(f"Real photos, {doc['settings']['time_limit_minutes']:g} min of training each")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def section_models(doc: dict[str, Any] | None) -> list[str]:
-    out = ["## Models: the seed's comparison, reproduced", ""]
+    out = ["## Models: the seed's comparison on synthetic scenes, reproduced", ""]
     if doc is None:
         return out + ["Not measured yet.", ""]
     table = (BENCH / "model_comparison.md").read_text().splitlines()
@@ -317,6 +363,18 @@ def readme_block(docs: dict[str, dict[str, Any] | None]) -> list[str]:
         out.append(f"- real time: {row['model']} answers a 2048x1024 PNG in {row['p50_ms']:.0f} ms "
                    f"(p50) = {row['ratio']:.2f}x `tf.io.decode_png` of the same bytes (target "
                    f"4x), working at {'x'.join(map(str, row['working_resolution']))}")
+    real_models = docs["model_comparison_real"]
+    if real_models:
+        budget = real_models["settings"]["time_limit_minutes"]
+        parts = [f"{p['model']} {p['mean_iou_7']:.3f} at {p['latency']['p50_ms']:.0f} ms "
+                 f"({p['latency']['ratio']:.1f}x decode)"
+                 for p in sorted(quality_latency_points(real_models),
+                                 key=lambda p: p["latency"]["p50_ms"])]
+        if parts:
+            out.append(f"- every architecture on real photos (CamVid val, default recipe, "
+                       f"{budget:g} min each, mean of {real_models['summary'][0]['seeds']} "
+                       "seeds; exported p50 on a 2048x1024 PNG): " + ", ".join(parts)
+                       + " ([plot](docs/report/quality_vs_latency_real.png))")
     models = docs["model_comparison"]
     if models:
         best = max((r for r in models["rows"] if r["model"] != "colour-baseline"),
@@ -392,6 +450,7 @@ def main() -> int:
              "All runs are on the project's machine: 2 CPU cores, no GPU.", ""]
     lines += section_setup(docs["setup_times"])
     lines += section_real_photos(docs["real_photos"], docs["realtime"])
+    lines += section_models_real(docs["model_comparison_real"])
     lines += section_models(docs["model_comparison"])
     lines += section_preprocess(docs["preprocess"])
     lines += section_input(docs["input_pipeline"])
