@@ -306,6 +306,8 @@ def main(argv=None) -> int:
     parser.add_argument("--scaling", default=None,
                         help="comma-separated frame counts: time and peak memory of job and "
                              "loop at each (writes docs/benchmarks/job_scaling.json)")
+    parser.add_argument("--scaling-output", default=str(REPO / "docs/benchmarks/job_scaling.json"),
+                        help="with --scaling: the JSON to write (and .md beside it)")
     parser.add_argument("--baseline-ref", default=None,
                         help="with --scaling: also run the job of this git revision")
     parser.add_argument("--startup", type=int, default=0, metavar="RUNS",
@@ -329,7 +331,7 @@ def main(argv=None) -> int:
         work = Path(args.work_dir or tempfile.mkdtemp(prefix="preprocess-scaling-"))
         try:
             scaling([int(n) for n in args.scaling.split(",")], work, args.baseline_ref,
-                    REPO / "docs/benchmarks/job_scaling.json")
+                    Path(args.scaling_output))
         finally:
             if not args.work_dir:
                 shutil.rmtree(work, ignore_errors=True)
