@@ -1,12 +1,14 @@
 """One training step of each network on this CPU: XLA on/off, mixed bfloat16, against FLOPs.
 
-    python benchmarks/train_step.py --models fastscnn,pspnet,unet --crop 256x352 --batch 8
+    python benchmarks/train_step.py --models fastscnn,pspnet,unet,fcn8 --crop 256x352 --batch 8
+    python benchmarks/train_step.py --models fastscnn --variants float32 \
+        --crop 256x352,352x480 --batch 4,8,16 --output docs/benchmarks/train_step_sizes
 
 On 2 cores the images a training step processes per second decide how much a time budget
 learns. For each network and variant (float32 without XLA, float32 with XLA, mixed bfloat16
 without XLA: XLA on CPU rejects the mixed gradients of dropout) this compiles the training step
 the trainer compiles (`cityseg-train`'s loss, AdamW, auxiliary heads), runs `--warmup` steps,
-then times `--steps` steps on random tensors (no input pipeline: that is measured by
+then times `--steps` steps on random tensors, for every crop size and batch size given (no input pipeline: that is measured by
 `input_pipeline_bench.py`). Beside each: the network's forward FLOPs per image (TensorFlow's
 profiler), the achieved training GFLOP/s (about 3x forward FLOPs per image), and this CPU's
 float32 matmul GFLOP/s as the ceiling.
@@ -27,7 +29,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
 from bench_machine import reproduce, result_header, write_result  # noqa: E402  (on sys.path)
-from cityseg.cli import HelpFormatter, parse_size, run_cli, setup_logging  # noqa: E402
+from cityseg.cli import CliError, HelpFormatter, parse_size, run_cli, setup_logging  # noqa: E402
 
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks" / "train_step"
 VARIANTS = {"float32": (False, False), "float32+xla": (True, False), "bfloat16": (False, True)}
@@ -61,7 +63,8 @@ def matmul_gflops(n: int = 2048, runs: int = 5) -> float:
     return 2 * n ** 3 * runs / (time.perf_counter() - started) / 1e9
 
 
-def time_step(name: str, variant: str, args: argparse.Namespace) -> dict[str, Any]:
+def time_step(name: str, variant: str, crop: tuple[int, int], batch: int,
+              args: argparse.Namespace) -> dict[str, Any]:
     import keras
     import numpy as np
 
@@ -78,8 +81,8 @@ def time_step(name: str, variant: str, args: argparse.Namespace) -> dict[str, An
         trained = models.with_aux_heads(model, name, loss) or model
         trained.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=loss, jit_compile=jit)
         rng = np.random.default_rng(0)
-        images = rng.random((args.batch, *args.crop, 3), dtype=np.float32)
-        labels = rng.integers(0, V.NUM_CATEGORIES, (args.batch, *args.crop)).astype("int32")
+        images = rng.random((batch, *crop, 3), dtype=np.float32)
+        labels = rng.integers(0, V.NUM_CATEGORIES, (batch, *crop)).astype("int32")
         x = (images, labels) if trained is not model else images
         for _ in range(args.warmup):
             trained.train_on_batch(x, labels)
@@ -91,28 +94,45 @@ def time_step(name: str, variant: str, args: argparse.Namespace) -> dict[str, An
     finally:
         keras.mixed_precision.set_global_policy("float32")
     step = statistics.median(times)
-    return {"model": name, "variant": variant, "step_s": round(step, 3),
-            "images_per_s": round(args.batch / step, 2),
+    return {"model": name, "variant": variant, "crop": "x".join(map(str, crop)),
+            "batch": batch, "step_s": round(step, 3), "images_per_s": round(batch / step, 2),
             "steps_s": [round(t, 3) for t in times]}
 
 
 def to_markdown(result: dict[str, Any]) -> str:
     s, m = result["settings"], result["machine"]
-    lines = ["# One training step on this CPU", "",
+    sweep = len(s["crops"]) > 1 or len(s["batches"]) > 1
+    lines = ["# One training step on this CPU: "
+             + ("crop and batch sizes" if sweep else "XLA and mixed precision"), "",
              f"Generated {result['generated']} by `{result['command']}` on {m['nproc']} CPU cores "
              f"({m['cpu_model']}), TensorFlow {m.get('tensorflow')}.", "",
-             f"- Batch {s['batch']} crops of {s['crop']}, the trainer's loss (OHEM + auxiliary "
-             f"heads) and AdamW; median of {s['steps']} steps after {s['warmup']} warm-up steps.",
+             "- Random crops as a batch, the trainer's loss (OHEM + auxiliary heads) and AdamW; "
+             f"median of {s['steps']} steps after {s['warmup']} warm-up steps.",
              f"- Ceiling: float32 matmul on all cores, {result['matmul_gflops']:.0f} GFLOP/s; a "
              "training step is counted as 3x the forward FLOPs.", "",
-             "| model | forward GFLOPs/image | variant | s/step | images/s | GFLOP/s | "
-             "share of ceiling |", "|---|---:|---|---:|---:|---:|---:|"]
+             "| model | crop | batch | forward GFLOPs/image | variant | s/step | images/s "
+             "| GFLOP/s | share of ceiling |", "|---|---|---:|---:|---|---:|---:|---:|---:|"]
     for row in result["rows"]:
-        lines.append(f"| {row['model']} | {row['forward_gflops']:.2f} | {row['variant']} "
+        lines.append(f"| {row['model']} | {row['crop']} | {row['batch']} "
+                     f"| {row['forward_gflops']:.2f} | {row['variant']} "
                      f"| {row['step_s']} | {row['images_per_s']} | {row['gflops']:.1f} "
                      f"| {row['share_of_ceiling']:.0%} |")
     lines += reproduce(result["command"])
     return "\n".join(lines)
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    return [parse_size(part) for part in text.split(",") if part]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, not {text!r}")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, not {text!r}")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=HelpFormatter)
     parser.add_argument("--models", default="fastscnn,pspnet,unet")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--crop", type=parse_size, default=(256, 352))
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--crop", type=_sizes, default=[(256, 352)],
+                        help="comma-separated HxW crops")
+    parser.add_argument("--batch", type=_ints, default=[8], help="comma-separated batch sizes")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -134,19 +155,25 @@ def _main(argv: Sequence[str] | None) -> int:
     setup_logging()
     ceiling = matmul_gflops()
     rows = []
+    variants = [v for v in args.variants.split(",") if v]
+    if set(variants) - set(VARIANTS):
+        raise CliError(f"unknown variants {sorted(set(variants) - set(VARIANTS))} "
+                       f"(choose from {', '.join(VARIANTS)})")
     for name in args.models.split(","):
-        flops = forward_flops(name, args.crop)
-        for variant in args.variants.split(","):
-            row = time_step(name, variant, args)
-            row["forward_gflops"] = flops / 1e9
-            row["gflops"] = 3 * flops * row["images_per_s"] / 1e9
-            row["share_of_ceiling"] = row["gflops"] / ceiling
-            rows.append(row)
-            print(f"{name} {variant}: {row['step_s']} s/step, {row['images_per_s']} img/s, "
-                  f"{row['gflops']:.1f} GFLOP/s", flush=True)
+        for crop in args.crop:
+            flops = forward_flops(name, crop)
+            for batch in args.batch:
+                for variant in variants:
+                    row = time_step(name, variant, crop, batch, args)
+                    row["forward_gflops"] = flops / 1e9
+                    row["gflops"] = 3 * flops * row["images_per_s"] / 1e9
+                    row["share_of_ceiling"] = row["gflops"] / ceiling
+                    rows.append(row)
+                    print(f"{name} {row['crop']} x{batch} {variant}: {row['step_s']} s/step, "
+                          f"{row['images_per_s']} img/s, {row['gflops']:.1f} GFLOP/s", flush=True)
     result = {**result_header("train_step.py", argv), "matmul_gflops": ceiling,
-              "settings": {"crop": "x".join(map(str, args.crop)), "batch": args.batch,
-                           "warmup": args.warmup, "steps": args.steps},
+              "settings": {"crops": ["x".join(map(str, c)) for c in args.crop],
+                           "batches": args.batch, "warmup": args.warmup, "steps": args.steps},
               "rows": rows}
     write_result(args.output, result, to_markdown(result))
     return 0

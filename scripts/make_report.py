@@ -41,12 +41,17 @@ COMMANDS = {
     "setup_times": "python benchmarks/setup_times.py",
     "recipes": "python benchmarks/real_photos.py (exact flags in the section)",
     "job_scaling": "python benchmarks/preprocess_bench.py --scaling",
+    "job_scaling_quiet": "python benchmarks/preprocess_bench.py --scaling 1,24,96 "
+                         "--scaling-output docs/benchmarks/job_scaling_quiet.json",
+    "train_step": "python benchmarks/train_step.py (exact flags in the section)",
+    "train_step_sizes": "python benchmarks/train_step.py (exact flags in the section)",
     "server_hardening": "python benchmarks/server_hardening.py",
     "proxy_slow_clients": "python benchmarks/proxy_slow_clients.py",
     "proxy_footprint": "python benchmarks/proxy_footprint.py",
 }
 # Benchmarks that write their own markdown next to the JSON: the report includes it as it is.
-MARKDOWN_SECTIONS = ("recipes", "job_scaling", "server_hardening")
+MARKDOWN_SECTIONS = ("recipes", "train_step", "train_step_sizes", "job_scaling_quiet",
+                     "job_scaling", "server_hardening")
 
 
 def load(name: str) -> dict[str, Any] | None:
@@ -389,6 +394,14 @@ def readme_block(docs: dict[str, dict[str, Any] | None]) -> list[str]:
     if pre:
         out.append(f"- Beam preprocessing: {pre['ratios']['loop_over_job']:.2f}x the speed "
                    f"of a plain single-process loop ({pre['images']} full-resolution frames)")
+    quiet = docs["job_scaling_quiet"]
+    if quiet:
+        out.append("- Beam job against the loop on a quiet machine (job time / loop time, target "
+                   "0.6 at 24 and 0.35 at 96 frames): " + ", ".join(
+                       f"{row['job_over_loop']:.2f} at {row['frames']}" for row in quiet["rows"])
+                   + "; without the start-up the job does " + ", ".join(
+                       f"{m['job']['frames_per_s_per_core']:.1f} frames/s per core "
+                       f"({m['frames'][0]}->{m['frames'][1]})" for m in quiet["marginal"]))
     job = docs["job_scaling"]
     if job:
         by_frames = {row["frames"]: row for row in job["rows"]}
