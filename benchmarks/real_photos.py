@@ -174,7 +174,11 @@ def to_markdown(result: dict[str, Any]) -> str:
         "",
         "- Data: " + "; ".join(f"`{k}` = {v}" for k, v in s["data"].items()) + ".",
         f"- Budget: `--time-limit {s['time_limit_minutes']:g}` minutes of `cityseg-train` per "
-        f"run (set-up and validation included), seeds " + ", ".join(f"{k}: {v}" for k, v in s['seeds'].items()) + "; scored by "
+        "run (set-up included; the epoch running when time is up is still validated, so a "
+        "slow model overshoots by its validation), seeds "
+        + ", ".join(f"{k}: {v}" for k, v in s['seeds'].items())
+        + "".join(f", {k}: {v}" for k, v in s.get('seeds_of_recipes', {}).items())
+        + "; scored by "
         "`cityseg-evaluate` on the whole val frames at their own size (aspect kept).",
         *([f"- Extra `cityseg-train` flags on every run: `{' '.join(map(str, s['train_args']))}`"
            " (with `--epochs`, a step budget that binds before the time limit: recipes of the "
@@ -248,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated, from {', '.join(RECIPES)}")
     parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
     parser.add_argument("--seeds-of", action="append", default=[], metavar="NAME=S,S",
-                        help="other seeds for one data set (repeatable)")
+                        help="other seeds for one data set or one recipe (repeatable; a "
+                             "recipe's seeds win)")
     parser.add_argument("--time-limit", type=float, default=20.0, metavar="MINUTES")
     parser.add_argument("--train-arg", action="append", default=[],
                         help="extra flag for every cityseg-train (repeatable)")
@@ -285,15 +290,16 @@ def _main(argv: Sequence[str] | None) -> int:
     seeds = parse_seeds(args.seeds)
     seeds_of = {name: parse_seeds(text) for name, _, text in
                 (item.partition("=") for item in args.seeds_of)}
-    if set(seeds_of) - set(data):
-        raise CliError(f"--seeds-of names unknown data sets {sorted(set(seeds_of) - set(data))}")
+    if set(seeds_of) - set(data) - set(recipes):
+        raise CliError(f"--seeds-of names neither a data set nor a chosen recipe: "
+                       f"{sorted(set(seeds_of) - set(data) - set(recipes))}")
     if args.latency_runs < 0:
         raise CliError(f"--latency-runs must be >= 0, not {args.latency_runs}")
     work = args.work_dir.resolve()
     rows = []
     for name, path in data.items():
         for recipe in recipes:
-            for seed in seeds_of.get(name, seeds):
+            for seed in seeds_of.get(recipe, seeds_of.get(name, seeds)):
                 rows.append(train_and_evaluate(recipe, name, path, seed, work, args))
                 log.info("%s on %s, seed %d: mean IoU 7 %s", recipe, name, seed,
                          _num(rows[-1].get("mean_iou_7")))
@@ -304,6 +310,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "settings": {"data": {k: str(v) for k, v in data.items()},
                      "time_limit_minutes": args.time_limit,
                      "seeds": {name: seeds_of.get(name, seeds) for name in data},
+                     "seeds_of_recipes": {r: seeds_of[r] for r in recipes if r in seeds_of},
                      "recipes": {r: RECIPES[r] for r in recipes},
                      "train_args": args.train_arg},
         "rows": rows,
