@@ -237,8 +237,8 @@ def encode_png(array: np.ndarray, compression: int = -1) -> bytes:
 
 # JPEG quality of the camera images when the records store JPEG (`--image-format jpeg`). At 95
 # the images decode within 2.44 of the PNG records' pixels on average (0..255), and the
-# uncached augmented training input reads 10.31 images/s against 5.15 from PNG
-# (docs/benchmarks/input_pipeline.json, which encodes with the same options).
+# uncached augmented training input reads 79.1 images/s against 39.9 from PNG
+# (docs/benchmarks/input_pipeline.json, which runs this job with --image-format jpeg).
 DEFAULT_JPEG_QUALITY = 95
 
 
