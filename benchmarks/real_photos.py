@@ -57,6 +57,8 @@ RECIPES: dict[str, list[str]] = {
     # One change from the default each, to back (or overturn) that default by measurement.
     "weighted-ce": ["--loss", "weighted_ce"],
     "rotation-10": ["--rotation", "10"],
+    "weighted-ohem": ["--loss", "weighted_ohem"],
+    "crop-256x352-batch-4": ["--crop-size", "256x352", "--batch-size", "4"],
     "no-aux": ["--no-aux"],
     # The model comparison: the default recipe with another architecture (`default` is the
     # trainer's default model).

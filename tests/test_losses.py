@@ -116,7 +116,7 @@ def test_loss_gradients_flow_and_serialise(labels):
 
 
 @pytest.mark.parametrize("name,weights", [
-    ("nope", None), ("weighted_ce", None), ("ce", [1.0, 2.0]),
+    ("nope", None), ("weighted_ce", None), ("weighted_ohem", None), ("ce", [1.0, 2.0]),
 ])
 def test_bad_loss_requests_raise(name, weights):
     with pytest.raises(ValueError):
@@ -138,6 +138,24 @@ def test_ohem_keeps_only_hard_pixels_and_at_least_a_fraction():
     got = losses.ohem_cross_entropy(labels, easy, min_kept_fraction=0.2)
     expected = losses.cross_entropy(labels[..., :2], easy[:, :, :2])
     np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5)
+
+
+def test_weighted_ohem_tilts_the_kept_pixels_by_square_rooted_weights():
+    """Every pixel hard: the loss is the kept pixels' CE averaged with weights sqrt(w)."""
+    labels = np.array([[[0, 1, 1, 1]]], np.int32)
+    logits = np.zeros((1, 1, 4, 2), np.float32)
+    logits[0, 0, 0] = [0.0, 2.0]  # the rare class 0, predicted wrong
+    weights = [9.0, 1.0] + [1.0] * (C - 2)
+    padded = np.concatenate([logits, np.full((1, 1, 4, C - 2), -50.0, np.float32)], axis=-1)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, padded).numpy()[0, 0]
+    expected = (3.0 * ce[0] + ce[1:].sum()) / (3.0 + 3.0)  # sqrt(9) = 3
+    got = float(losses.make_loss("weighted_ohem", weights)(labels, padded))
+    assert got == pytest.approx(expected, rel=1e-5)
+    # Uniform weights: plain OHEM.
+    plain = float(losses.make_loss("ohem")(labels, padded))
+    assert float(losses.make_loss("weighted_ohem", [1.0] * C)(labels, padded)) == \
+        pytest.approx(plain, rel=1e-6)
+    assert got > plain  # the rare, wrong pixel weighs more
 
 
 def test_ohem_ignores_the_ignored_class():

@@ -100,7 +100,8 @@ class TrainConfig:
     # Names (like --model's) are the keys of a registry that needs TensorFlow, so they are
     # checked once it is loaded (`check_registry_name`), not by argparse.
     loss: str = flag("ohem", "a key of training.losses.LOSSES (an unknown name lists them); "
-                             "ohem: online hard example mining cross-entropy; weighted_ce, "
+                             "ohem: online hard example mining cross-entropy; weighted_ohem: "
+                             "OHEM with square-rooted class weights; weighted_ce, "
                              "focal and ce+dice weigh the categories by DATA/stats.json "
                              "(median-frequency balancing)")
     aux_heads: bool = flag(True, "no auxiliary heads (fastscnn and pspnet train with the "

@@ -63,8 +63,8 @@ def train(cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> dict[str,
     check_registry_name("--loss", cfg.loss, losses.LOSSES)
     if cfg.loss in losses.CLASS_WEIGHTED_LOSSES and cfg.class_weights is None:
         cfg.class_weights = split_class_weights(stats, cfg.train_split)
-        if cfg.loss == "weighted_ce" and cfg.class_weights is None:
-            raise CliError(f"--loss weighted_ce needs the {cfg.train_split} split's category "
+        if cfg.loss in losses.WEIGHTS_REQUIRED and cfg.class_weights is None:
+            raise CliError(f"--loss {cfg.loss} needs the {cfg.train_split} split's category "
                            f"counts in {storage.join(cfg.data_dir, V.STATS_FILE)} (re-run "
                            "cityseg-preprocess)")
     if cfg.model is None:
