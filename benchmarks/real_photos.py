@@ -43,6 +43,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
 
 from bench_machine import reproduce, result_header, write_result  # noqa: E402  (on sys.path)
 from compare_models import _metric_fields, _num, read_json, run_step  # noqa: E402
+from realtime import latency_table, street_frame, time_model  # noqa: E402
 from cityseg.cli import CliError, HelpFormatter, run_cli, setup_logging  # noqa: E402
 from cityseg.vocabulary import CATEGORIES, EVALUATED_CATEGORIES  # noqa: E402
 from training.run_layout import METRICS_FILE, SUMMARY_FILE  # noqa: E402
@@ -120,7 +121,6 @@ def latency_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[d
     working resolution), timed by `realtime.time_model` against `tf.io.decode_png` of the same
     bytes, interleaved call by call.
     """
-    from realtime import street_frame, time_model  # the script's folder is on sys.path
     from training.export import DEFAULT_MAX_LONG_SIDE
 
     first_runs: dict[str, Path] = {}
@@ -129,13 +129,12 @@ def latency_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[d
             first_runs.setdefault(row["model"], Path(row["run_dir"]))
     size = (1024, 2048)
     frame = street_frame(size)
-    settings = argparse.Namespace(max_long_side=DEFAULT_MAX_LONG_SIDE, frame=size,
-                                  runs=args.latency_runs, pause=0.2)
     out = []
     for name, run_dir in first_runs.items():
         log.info("timing the exported %s on a %dx%d PNG (%d calls)", name, size[1], size[0],
                  args.latency_runs)
-        out.append(time_model(name, frame, settings, {name: run_dir}))
+        out.append(time_model(name, frame, frame_size=size, max_long_side=DEFAULT_MAX_LONG_SIDE,
+                              calls=args.latency_runs, pause=0.2, runs={name: run_dir}))
     return out
 
 
@@ -207,13 +206,7 @@ def to_markdown(result: dict[str, Any]) -> str:
                   "2048x1024 PNG through the signature (decode, model, mask PNG encode), "
                   f"{len(result['latency'][0]['served_ms'])} calls interleaved with "
                   "`tf.io.decode_png` of the same bytes; real-time target: p50 <= 4x decode.",
-                  "", "| model | params | working resolution | p50 ms | p90 ms "
-                  "| decode_png p50 ms | ratio | target |", "|---|---:|---|---:|---:|---:|---:|---|"]
-        for row in result["latency"]:
-            lines.append(f"| {row['model']} | {row['params']:,} "
-                         f"| {'x'.join(map(str, row['working_resolution']))} | {row['p50_ms']} "
-                         f"| {row['p90_ms']} | {row['decode_png_p50_ms']} | {row['ratio']} "
-                         f"| {'met' if row['meets_target'] else 'missed'} |")
+                  "", *latency_table(result["latency"], "params")]
     lines += ["", "Every run:", "",
               "| recipe | data | seed | epochs | train images/s | best val (trainer) "
               "| mean IoU 7 (evaluate) |", "|---|---|---:|---:|---:|---:|---:|"]

@@ -59,8 +59,14 @@ def model_for(name: str, runs: dict[str, Path]):
     return models.build_model(name), "initialised"
 
 
-def time_model(name: str, frame: bytes, args: argparse.Namespace,
+def time_model(name: str, frame: bytes, *, frame_size: tuple[int, int],
+               max_long_side: int | None, calls: int, pause: float,
                runs: dict[str, Path]) -> dict[str, Any]:
+    """One model's exported signature on `frame` (a PNG of `frame_size` HxW), `calls` times,
+    interleaved with `tf.io.decode_png` of the same bytes, `pause` seconds before each call.
+
+    The model is `runs[name]`'s best.keras, else freshly initialised (`model_for`).
+    """
     import tensorflow as tf
 
     from training.export import export_model
@@ -69,32 +75,47 @@ def time_model(name: str, frame: bytes, args: argparse.Namespace,
     model, weights = model_for(name, runs)
     with tempfile.TemporaryDirectory() as models_dir:
         version = export_model(model, models_dir, name, stride=model_stride(name),
-                               max_long_side=args.max_long_side)
+                               max_long_side=max_long_side)
         serve = tf.saved_model.load(str(version)).signatures["serving_default"]
         request = tf.constant([frame])
         encoded = tf.constant(frame)
         for _ in range(2):  # warm-up: graph tracing and allocator
             mask = serve(images=request)["masks"].numpy()[0]
         served, decoded = [], []
-        for _ in range(args.runs):
-            time.sleep(args.pause)  # TF's worker threads spin after a call; let them settle
+        for _ in range(calls):
+            time.sleep(pause)  # TF's worker threads spin after a call; let them settle
             started = time.perf_counter()
             tf.io.decode_png(encoded, channels=3).numpy()
             decoded.append((time.perf_counter() - started) * 1000)
-            time.sleep(args.pause)
+            time.sleep(pause)
             started = time.perf_counter()
             serve(images=request)["masks"].numpy()
             served.append((time.perf_counter() - started) * 1000)
     height, width = tf.io.decode_png(mask).shape[:2]
     p50, d50 = statistics.median(served), statistics.median(decoded)
-    scale = min(1.0, args.max_long_side / max(args.frame)) if args.max_long_side else 1.0
+    scale = min(1.0, max_long_side / max(frame_size)) if max_long_side else 1.0
     return {"model": name, "weights": weights, "params": int(model.count_params()),
-            "working_resolution": [round(args.frame[0] * scale), round(args.frame[1] * scale)],
+            "working_resolution": [round(frame_size[0] * scale), round(frame_size[1] * scale)],
             "mask_size": [int(height), int(width)],
             "p50_ms": round(p50, 1), "p90_ms": round(sorted(served)[int(0.9 * len(served))], 1),
             "decode_png_p50_ms": round(d50, 1), "ratio": round(p50 / d50, 2),
             "meets_target": p50 / d50 <= TARGET_RATIO,
             "served_ms": [round(t, 1) for t in served], "decode_ms": [round(t, 1) for t in decoded]}
+
+
+def latency_table(rows: list[dict[str, Any]], extra: str) -> list[str]:
+    """Markdown rows of `time_model` results; `extra` is a second column: "weights" or
+    "params"."""
+    lines = [f"| model | {extra} | working resolution | p50 ms | p90 ms | decode_png p50 ms "
+             "| ratio | target |",
+             f"|---|{'---:' if extra == 'params' else '---'}|---|---:|---:|---:|---:|---|"]
+    for row in rows:
+        value = f"{row[extra]:,}" if isinstance(row[extra], int) else row[extra]
+        lines.append(f"| {row['model']} | {value} "
+                     f"| {'x'.join(map(str, row['working_resolution']))} | {row['p50_ms']} "
+                     f"| {row['p90_ms']} | {row['decode_png_p50_ms']} | {row['ratio']} "
+                     f"| {'met' if row['meets_target'] else 'missed'} |")
+    return lines
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -111,15 +132,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"- Target: p50 of the signature <= {TARGET_RATIO:g} x p50 of decode_png, working at "
         "512x1024 or more.",
         "",
-        "| model | weights | working resolution | p50 ms | p90 ms | decode_png p50 ms "
-        "| ratio | target |",
-        "|---|---|---|---:|---:|---:|---:|---|",
+        *latency_table(result["rows"], "weights"),
     ]
-    for row in result["rows"]:
-        work = "x".join(map(str, row["working_resolution"]))
-        lines.append(f"| {row['model']} | {row['weights']} | {work} | {row['p50_ms']} "
-                     f"| {row['p90_ms']} | {row['decode_png_p50_ms']} | {row['ratio']} "
-                     f"| {'met' if row['meets_target'] else 'missed'} |")
     lines += reproduce(result["command"])
     return "\n".join(lines)
 
@@ -161,7 +175,9 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         frame = street_frame(args.frame)
         description = f"cityseg-synth street scene {args.frame[1]}x{args.frame[0]}"
-    rows = [time_model(name, frame, args, runs) for name in args.models.split(",") if name]
+    rows = [time_model(name, frame, frame_size=args.frame, max_long_side=args.max_long_side,
+                       calls=args.runs, pause=args.pause, runs=runs)
+            for name in args.models.split(",") if name]
     result = {
         **result_header("realtime.py", argv),
         "settings": {"frame": description, "frame_bytes": len(frame),
