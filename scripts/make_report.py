@@ -112,7 +112,16 @@ def section_models_real(doc: dict[str, Any] | None) -> list[str]:
     out += [line for line in table if not line.startswith("# ")]
     points = quality_latency_points(doc)
     if points:
-        plot_quality_latency(points, doc, PLOTS / "quality_vs_latency_real.png")
+        decode = float(np.median([p["latency"]["decode_png_p50_ms"] for p in points]))
+        plot_quality_against_time(
+            [{"label": f"{p['model']} ({p['seeds']} seed{'s' if p['seeds'] != 1 else ''})",
+              "ms": p["latency"]["p50_ms"], "iou": p["mean_iou_7"], "low": p["min"],
+              "high": p["max"]} for p in points],
+            PLOTS / "quality_vs_latency_real.png",
+            xlabel="exported model, one 2048x1024 PNG, p50 ms (2 CPU cores, log scale)",
+            ylabel="mean IoU (7 categories), CamVid val",
+            title=f"Real photos, {doc['settings']['time_limit_minutes']:g} min of training each",
+            target=(4 * decode, "real-time target: 4x decode_png"))
         out += ["", "![mean IoU on CamVid val against the exported model's latency]"
                 "(report/quality_vs_latency_real.png)", ""]
     return out + [source("model_comparison_real"), ""]
@@ -125,22 +134,29 @@ def quality_latency_points(doc: dict[str, Any]) -> list[dict[str, Any]]:
             if row.get("model") in latency and row.get("mean_iou_7") is not None]
 
 
-def plot_quality_latency(points: list[dict[str, Any]], doc: dict[str, Any], path: Path) -> None:
+def plot_quality_against_time(points: list[dict[str, Any]], path: Path, *, xlabel: str,
+                              ylabel: str, title: str,
+                              target: tuple[float, str] | None = None) -> None:
+    """Mean IoU against milliseconds (log scale), one labelled point per model.
+
+    Each point: label, ms, iou, and optionally low/high (the spread over seeds, as error
+    bars). `target` draws a vertical line at (ms, caption).
+    """
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for p in points:
-        x, y = p["latency"]["p50_ms"], p["mean_iou_7"]
-        ax.errorbar(x, y, yerr=[[y - p["min"]], [p["max"] - y]], fmt="o", ms=7, capsize=4)
-        ax.annotate(f"{p['model']} ({p['seeds']} seed{'s' if p['seeds'] != 1 else ''})", (x, y),
-                    textcoords="offset points", xytext=(7, 5))
-    decode = np.median([p["latency"]["decode_png_p50_ms"] for p in points])
-    ax.axvline(4 * decode, color="0.4", linestyle="--", linewidth=1)
-    ax.annotate("real-time target: 4x decode_png", (4 * decode, ax.get_ylim()[0]),
-                textcoords="offset points", xytext=(4, 6), fontsize=8, color="0.3")
+        x, y = p["ms"], p["iou"]
+        spread = ([[y - p["low"]], [p["high"] - y]] if p.get("low") is not None else None)
+        ax.errorbar(x, y, yerr=spread, fmt="o", ms=7, capsize=4)
+        ax.annotate(p["label"], (x, y), textcoords="offset points", xytext=(7, 5))
+    if target is not None:
+        ax.axvline(target[0], color="0.4", linestyle="--", linewidth=1)
+        ax.annotate(target[1], (target[0], ax.get_ylim()[0]), textcoords="offset points",
+                    xytext=(4, 6), fontsize=8, color="0.3")
     ax.set_xscale("log")
     ax.margins(x=0.3, y=0.15)  # room for the labels beside the outermost points
-    ax.set_xlabel("exported model, one 2048x1024 PNG, p50 ms (2 CPU cores, log scale)")
-    ax.set_ylabel("mean IoU (7 categories), CamVid val")
-    ax.set_title(f"Real photos, {doc['settings']['time_limit_minutes']:g} min of training each")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +173,12 @@ def section_models(doc: dict[str, Any] | None) -> list[str]:
     rows = [r for r in doc["rows"] if r.get("iou")]
     if rows:
         plot_iou(rows, PLOTS / "iou_per_category.png")
-        plot_speed_quality(rows, PLOTS / "quality_vs_speed.png")
+        plot_quality_against_time(
+            [{"label": r["model"], "ms": r["inference_ms"], "iou": r["mean_iou_7"]}
+             for r in rows if r.get("inference_ms") is not None],
+            PLOTS / "quality_vs_speed.png",
+            xlabel="inference ms per 1024x2048 frame (CPU, log scale)",
+            ylabel="mean IoU (7 categories)", title="Quality against speed")
         out += ["", "![IoU per category](report/iou_per_category.png)", "",
                 "![mean IoU against inference time](report/quality_vs_speed.png)", ""]
     return out + [source("model_comparison"), ""]
@@ -179,24 +200,6 @@ def plot_iou(rows: list[dict[str, Any]], path: Path) -> None:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_speed_quality(rows: list[dict[str, Any]], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for row in rows:
-        if row.get("inference_ms") is None:
-            continue
-        ax.scatter(row["inference_ms"], row["mean_iou_7"], s=60)
-        ax.annotate(row["model"], (row["inference_ms"], row["mean_iou_7"]),
-                    textcoords="offset points", xytext=(6, 4))
-    ax.set_xscale("log")
-    ax.set_xlabel("inference ms per 1024x2048 frame (CPU, log scale)")
-    ax.set_ylabel("mean IoU (7 categories)")
-    ax.grid(alpha=0.3)
-    ax.set_title("Quality against speed")
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
