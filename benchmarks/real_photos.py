@@ -15,7 +15,10 @@ stride). Recipes:
 - `model-unet`, `model-pspnet`, `model-fcn8`: the default recipe with another architecture
   (with `default`, the trainer's default model, that is the model comparison); with
   `--latency-runs N` each architecture's exported SavedModel is also timed on a 2048x1024 PNG
-  in the same run (`realtime.time_model`), so quality and latency come from one command.
+  in the same run (`realtime.time_model`), so quality and latency come from one command;
+- one change from the default each (`weighted-ce`, `weighted-ohem`, `rotation-10`, `no-aux`,
+  `crop-256x352-batch-4`), to back or overturn a default by measurement; `no-cache` trains
+  without keeping decoded frames in memory (training throughput at scale).
 
 The development set of this project is CamVid laid out as a Cityscapes tree
 (`../shared/data/camvid-dev`, not part of the project): `val` scores frames of a sequence that
@@ -60,6 +63,8 @@ RECIPES: dict[str, list[str]] = {
     "rotation-10": ["--rotation", "10"],
     "weighted-ohem": ["--loss", "weighted_ohem"],
     "crop-256x352-batch-4": ["--crop-size", "256x352", "--batch-size", "4"],
+    # Training throughput when the decoded frames do not stay in memory (data at scale).
+    "no-cache": ["--no-cache"],
     "no-aux": ["--no-aux"],
     # The model comparison: the default recipe with another architecture (`default` is the
     # trainer's default model).
@@ -247,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated, from {', '.join(RECIPES)}")
     parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
     parser.add_argument("--seeds-of", action="append", default=[], metavar="NAME=S,S",
-                        help="other seeds for one data set or one recipe (repeatable; a "
-                             "recipe's seeds win)")
+                        help="other seeds for one data set, one recipe or one RECIPE@DATA "
+                             "(repeatable; the most specific wins; no seeds: not run)")
     parser.add_argument("--time-limit", type=float, default=20.0, metavar="MINUTES")
     parser.add_argument("--train-arg", action="append", default=[],
                         help="extra flag for every cityseg-train (repeatable)")
@@ -285,16 +290,22 @@ def _main(argv: Sequence[str] | None) -> int:
     seeds = parse_seeds(args.seeds)
     seeds_of = {name: parse_seeds(text) for name, _, text in
                 (item.partition("=") for item in args.seeds_of)}
-    if set(seeds_of) - set(data) - set(recipes):
-        raise CliError(f"--seeds-of names neither a data set nor a chosen recipe: "
-                       f"{sorted(set(seeds_of) - set(data) - set(recipes))}")
+    pairs = {f"{r}@{d}" for r in recipes for d in data}
+    if set(seeds_of) - set(data) - set(recipes) - pairs:
+        raise CliError(f"--seeds-of names neither a data set, a chosen recipe nor RECIPE@DATA: "
+                       f"{sorted(set(seeds_of) - set(data) - set(recipes) - pairs)}")
+
+    def seeds_for(recipe: str, name: str) -> list[int]:
+        return seeds_of.get(f"{recipe}@{name}",
+                            seeds_of.get(recipe, seeds_of.get(name, seeds)))
+
     if args.latency_runs < 0:
         raise CliError(f"--latency-runs must be >= 0, not {args.latency_runs}")
     work = args.work_dir.resolve()
     rows = []
     for name, path in data.items():
         for recipe in recipes:
-            for seed in seeds_of.get(recipe, seeds_of.get(name, seeds)):
+            for seed in seeds_for(recipe, name):
                 rows.append(train_and_evaluate(recipe, name, path, seed, work, args))
                 log.info("%s on %s, seed %d: mean IoU 7 %s", recipe, name, seed,
                          _num(rows[-1].get("mean_iou_7")))
@@ -305,7 +316,8 @@ def _main(argv: Sequence[str] | None) -> int:
         "settings": {"data": {k: str(v) for k, v in data.items()},
                      "time_limit_minutes": args.time_limit,
                      "seeds": {name: seeds_of.get(name, seeds) for name in data},
-                     "seeds_of_recipes": {r: seeds_of[r] for r in recipes if r in seeds_of},
+                     "seeds_of_recipes": {r: seeds_of[r] for r in [*recipes, *sorted(pairs)]
+                                          if r in seeds_of},
                      "recipes": {r: RECIPES[r] for r in recipes},
                      "train_args": args.train_arg},
         "rows": rows,
