@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cityseg import ops
 from cityseg import vocabulary as V
 from training import augment as A
 
@@ -198,3 +199,199 @@ def test_augment_with_a_crop_size_has_static_crop_shapes(size):
     assert tuple(out_image.shape) == (96, 128, 3) and tuple(out_label.shape) == (96, 128)
     assert 0.0 <= float(tf.reduce_min(out_image)) and float(tf.reduce_max(out_image)) <= 1.0
     assert set(np.unique(out_label.numpy())) <= {0, 1}
+
+
+# --- Window-first scale + crop ----------------------------------------------------------------
+
+def _resize_whole_then_crop(image, label, scale, crop, offset):
+    """The reference: resize the WHOLE frame by `scale`, pad it to the crop, cut the window at
+    `offset` (in the scaled frame). `scale_and_crop` must give this while resizing only the
+    window."""
+    size = tf.cast(tf.shape(label), tf.float32)
+    scaled = tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
+    image, label = ops.pad_to_size(ops.resize_image(image, scaled), ops.resize_label(label, scaled),
+                                   crop)
+    (y, x), (h, w) = offset, crop
+    return image.numpy()[y:y + h, x:x + w], label.numpy()[y:y + h, x:x + w]
+
+
+def _blocks(shape, block, seed=0):
+    """A category mask in blocks of `block` x `block` pixels (categories 1..7, no void)."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    cells = rng.integers(1, V.NUM_CATEGORIES, (-(-h // block), -(-w // block)), dtype=np.uint8)
+    return np.kron(cells, np.ones((block, block), np.uint8))[:h, :w]
+
+
+@pytest.mark.parametrize("scale, crop, offset", [
+    (2.0, (48, 64), (10, 20)), (4.0, (48, 64), (5, 7)), (1.5, (48, 60), (10, 20)),
+    (1.0, (48, 64), (3, 9)), (0.5, (48, 64), (4, 6)),
+])
+def test_scale_and_crop_equals_resizing_the_whole_frame_where_the_grids_align(scale, crop,
+                                                                             offset):
+    """Where the window is whole source pixels and its offset lands on the scaled grid, the
+    crop is the whole-frame resize's crop: labels exactly, the image exactly but for the
+    outermost ceil(scale) pixels (bilinear there would read pixels outside the window)."""
+    rng = np.random.default_rng(1)
+    image = tf.constant(rng.random((120, 160, 3)), tf.float32)  # noise: the hardest case
+    label = tf.constant(rng.integers(0, V.NUM_CATEGORIES, (120, 160)), tf.uint8)
+    out_image, out_label = A.scale_and_crop(image, label, scale, crop, tf.constant(offset))
+    ref_image, ref_label = _resize_whole_then_crop(
+        image, label, scale, crop, [round(o * scale) for o in offset])
+    np.testing.assert_array_equal(out_label.numpy(), ref_label)
+    border = int(np.ceil(scale))
+    np.testing.assert_allclose(out_image.numpy()[border:-border, border:-border],
+                               ref_image[border:-border, border:-border], atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [0.63, 1.37, 2.9])
+@pytest.mark.parametrize("offset", [(0, 0), (5, 17), (11, 3)])
+def test_scale_and_crop_is_within_a_source_pixel_of_resizing_the_whole_frame(scale, offset):
+    """At any scale the window is rounded to whole source pixels: the crop then sits within
+    1.5 source pixels of the whole-frame resize's crop (the offset's rounding on the scaled
+    grid plus the window's), measured on a ramp whose value is its position; labels differ
+    only next to a category edge."""
+    h, w, crop = 97, 131, (40, 56)  # odd sizes
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    slope = 1.0 / 256  # per source pixel, on both axes
+    image = tf.constant(np.stack([y * slope, x * slope, (y + x) * slope / 2], -1), tf.float32)
+    label = tf.constant(_blocks((h, w), 8))
+    out_image, out_label = A.scale_and_crop(image, label, scale, crop, tf.constant(offset))
+    ref_image, ref_label = _resize_whole_then_crop(
+        image, label, scale, crop, [int(round(o * scale)) for o in offset])
+    border = int(np.ceil(scale)) + 1
+    inner = (slice(border, -border), slice(border, -border))
+    assert np.abs(out_image.numpy()[inner] - ref_image[inner]).max() <= 1.5 * slope
+    new, old = out_label.numpy(), ref_label
+    for i, j in zip(*np.nonzero(new != old)):
+        assert new[i, j] in old[max(i - 2, 0):i + 3, max(j - 2, 0):j + 3]  # an edge nearby
+    assert (new != old).mean() < 0.1
+
+
+@pytest.mark.parametrize("size, scale, offset", [
+    ((20, 30), 1.5, (0, 0)),   # smaller than the crop on both axes
+    ((7, 300), 2.0, (0, 10)),  # shorter than the crop, wider than it
+    ((1, 1), 0.5, (0, 0)),
+    ((1, 1), 2.0, (0, 0)),
+])
+def test_scale_and_crop_pads_with_void_where_the_scaled_frame_is_smaller(size, scale, offset):
+    rng = np.random.default_rng(2)
+    crop = (64, 96)
+    image = tf.constant(rng.random((*size, 3)), tf.float32)
+    label = tf.constant(rng.integers(1, V.NUM_CATEGORIES, size), tf.uint8)
+    out_image, out_label = A.scale_and_crop(image, label, scale, crop, tf.constant(offset))
+    assert tuple(out_image.shape) == (*crop, 3) and tuple(out_label.shape) == crop
+    ref_image, ref_label = _resize_whole_then_crop(
+        image, label, scale, crop, [round(o * scale) for o in offset])
+    np.testing.assert_array_equal(out_label.numpy(), ref_label)
+    np.testing.assert_allclose(out_image.numpy()[1:-1, 1:-1], ref_image[1:-1, 1:-1], atol=1e-5)
+    scaled = [max(1, int(np.round(s * scale))) for s in size]
+    if scaled[0] < crop[0]:
+        assert (out_label.numpy()[scaled[0]:] == V.VOID).all()
+        np.testing.assert_allclose(out_image.numpy()[scaled[0]:], A.NEUTRAL_IMAGE_VALUE)
+    assert V.VOID not in out_label.numpy()[:scaled[0], :min(scaled[1], crop[1])]
+
+
+@pytest.mark.parametrize("size, scale, crop, frame_size, window, out", [
+    ((120, 160), 2.0, (48, 64), None, (24, 32), (48, 64)),
+    ((120, 160), 0.5, (48, 64), None, (96, 128), (48, 64)),
+    ((20, 30), 1.5, (64, 96), None, (20, 30), (30, 45)),   # all of it, then padding
+    ((1, 1), 0.5, (8, 8), None, (1, 1), (1, 1)),
+    ((375, 1242), 0.7, (256, 352), None, (366, 503), (256, 352)),
+    # A 512x1024 record seen at 256x512: the window is in the record's pixels.
+    ((512, 1024), 1.0, (256, 352), (256, 512), (512, 704), (256, 352)),
+    ((512, 1024), 2.0, (256, 352), (256, 512), (256, 352), (256, 352)),
+])
+def test_scaled_window(size, scale, crop, frame_size, window, out):
+    got_window, got_out = A.scaled_window(tf.constant(size), scale, crop, frame_size)
+    assert tuple(got_window.numpy()) == window and tuple(got_out.numpy()) == out
+
+
+@MODES
+def test_resample_window_cuts_a_larger_label_at_the_same_place(mode):
+    """An image decoded at half its stored size (JPEG) with its full-size label: both are cut
+    at the same place of the frame and resized to the same output."""
+    rng = np.random.default_rng(3)
+    cells = rng.integers(1, V.NUM_CATEGORIES, (10, 16)).astype(np.uint8)
+    label = np.kron(cells, np.ones((2, 2), np.uint8))  # 20x32, each image pixel 2x2 labels
+    image = rng.integers(0, 256, (10, 16, 3)).astype(np.uint8)
+    fn = lambda i, l: A.resample_window(i, l, [2, 3], [4, 6], [8, 12])  # noqa: E731
+    img, lab = run(mode, fn, tf.constant(image), tf.constant(label))
+    np.testing.assert_array_equal(lab, label[4:12, 6:18])
+    expected = ops.resize_image(tf.constant(image[2:6, 3:9]), (8, 12)).numpy() / 255.0
+    np.testing.assert_allclose(img, expected, atol=1e-6)
+
+
+def test_augment_with_a_frame_size_resizes_once_from_the_decoded_pixels():
+    """No zoom, no jitter: the frame resampled straight to `frame_size` is exactly
+    `resize_example`'s resize (area for the image, nearest for the label), done once."""
+    rng = np.random.default_rng(4)
+    image = tf.constant(rng.integers(0, 256, (64, 96, 3)), tf.uint8)
+    label = tf.constant(_blocks((64, 96), 4))
+    img, lab = A.augment(image, label, tf.constant([1, 2], tf.int64), A.NO_AUGMENT,
+                         frame_size=(32, 48))
+    assert img.shape == (32, 48, 3) and lab.shape == (32, 48) and lab.dtype == tf.uint8
+    np.testing.assert_allclose(img.numpy(), ops.resize_image(image, (32, 48)).numpy() / 255.0,
+                               atol=1e-6)
+    np.testing.assert_array_equal(lab.numpy(), ops.resize_label(label, (32, 48)).numpy())
+
+
+@pytest.mark.parametrize("crop_size, frame_size", [(None, (16, 24)), ((24, 40), None),
+                                                   ((24, 40), (16, 24))])
+def test_augment_of_a_uint8_frame_is_deterministic_and_the_same_in_a_dataset(crop_size,
+                                                                             frame_size):
+    rng = np.random.default_rng(5)
+    image = tf.constant(rng.integers(0, 256, (37, 53, 3)), tf.uint8)  # odd sizes
+    label = tf.constant(_blocks((37, 53), 4))
+
+    def fn(i, l, s):
+        return A.augment(i, l, s, A.AugmentConfig(), crop_size, frame_size)
+
+    seed = tf.constant([5, 6], tf.int64)
+    eager, again = fn(image, label, seed), fn(image, label, seed)
+    in_map = next(iter(tf.data.Dataset.from_tensors((image, label, seed)).map(fn)))
+    other = fn(image, label, tf.constant([5, 7], tf.int64))
+    size = crop_size or frame_size
+    assert eager[0].shape == (*size, 3) and eager[0].dtype == tf.float32
+    assert 0.0 <= float(tf.reduce_min(eager[0])) and float(tf.reduce_max(eager[0])) <= 1.0
+    for a, b in zip(eager, again):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_allclose(eager[0].numpy(), in_map[0].numpy(), atol=1e-5)
+    np.testing.assert_array_equal(eager[1].numpy(), in_map[1].numpy())
+    assert not np.allclose(eager[0].numpy(), other[0].numpy())
+
+
+def test_random_scale_crop_windows_reach_every_edge():
+    """At scale 1 the window is the crop: over many seeds its offset spans 0 .. H - h and
+    0 .. W - w (drawn uniformly, the far edges included)."""
+    h, w, crop = 20, 30, (8, 12)
+    y, x = np.mgrid[0:h, 0:w]
+    image = tf.constant(np.stack([y, x, np.zeros_like(y)], -1), tf.uint8)  # value = position
+    label = tf.ones((h, w), tf.uint8)
+    offsets = set()
+    for seed in range(300):
+        img, _ = A.random_scale_crop(image, label, tf.constant([seed, 1], tf.int64), crop,
+                                     (1.0, 1.0))
+        corner = np.round(img.numpy()[0, 0, :2] * 255).astype(int)
+        offsets.add(tuple(corner))
+    ys, xs = zip(*offsets)
+    assert min(ys) == 0 and max(ys) == h - crop[0] and min(xs) == 0 and max(xs) == w - crop[1]
+
+
+def _depthwise_blur(image, sigma, radius=4):
+    """The reference: the same separable Gaussian as two depthwise convolutions."""
+    kernel = A.gaussian_kernel(sigma, radius)
+    channels = image.shape[-1]
+    kh = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
+    kw = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, channels, 1])
+    x = tf.pad(image[tf.newaxis], [[0, 0], [radius, radius], [radius, radius], [0, 0]],
+               mode="REFLECT")
+    x = tf.nn.depthwise_conv2d(x, kh, strides=[1, 1, 1, 1], padding="VALID")
+    return tf.nn.depthwise_conv2d(x, kw, strides=[1, 1, 1, 1], padding="VALID")[0]
+
+
+@MODES
+@pytest.mark.parametrize("sigma", [0.1, 0.8, 1.5])
+def test_gaussian_blur_equals_the_depthwise_convolution(mode, image, sigma):
+    blurred = run(mode, lambda i: A.gaussian_blur(i, sigma), image)
+    np.testing.assert_allclose(blurred, _depthwise_blur(image, sigma).numpy(), atol=1e-6)

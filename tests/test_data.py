@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from cityseg import vocabulary as V
 from cityseg.stats import load_stats
+from training import augment as augment_lib
 from training import data
 
 H, W = 32, 64
@@ -287,3 +288,59 @@ def test_jpeg_images_decode_at_the_scale_the_resize_needs(image_size, ratio):
         resized, _ = data.resize_example(decoded, decoded_label, image_size)
         expected, _ = data.resize_example(tf.constant(image), tf.constant(label), image_size)
         assert np.abs(resized.numpy() - expected.numpy()).mean() < 3 / 255
+
+
+# Each category its own colour, far apart, so a pixel's colour tells its category.
+_PALETTE = np.array([[128, 128, 128], [230, 30, 30], [30, 230, 30], [30, 30, 230],
+                     [230, 230, 30], [30, 230, 230], [230, 30, 230], [250, 250, 250]], np.uint8)
+
+
+@pytest.fixture(scope="module", params=["png", "jpeg"])
+def coloured_records(request, tmp_path_factory):
+    """Records of 64x128 frames painted by category (blocks of 16x16), image as PNG or as a
+    JPEG (which decode_example reads at 1/2 scale for a 32x64 image_size)."""
+    root = tmp_path_factory.mktemp(f"coloured-{request.param}")
+    folder = root / V.TFRECORDS_DIR / "train"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    encode = (lambda image: tf.io.encode_jpeg(image, quality=95)) if request.param == "jpeg" \
+        else tf.io.encode_png
+    with tf.io.TFRecordWriter(str(folder / V.shard_name("train", 0, 1))) as writer:
+        for index in range(4):
+            cells = rng.integers(1, V.NUM_CATEGORIES, (4, 8), dtype=np.uint8)
+            label = np.kron(cells, np.ones((16, 16), np.uint8))
+            example = tf.train.Example()
+            example.ParseFromString(make_example(index, "train", rng)[0])
+            features = example.features.feature
+            features[V.FEATURE_IMAGE].CopyFrom(_bytes(encode(_PALETTE[label]).numpy()))
+            features[V.FEATURE_LABEL].CopyFrom(_bytes(tf.io.encode_png(label[..., None]).numpy()))
+            features[V.FEATURE_HEIGHT].CopyFrom(_int(64))
+            features[V.FEATURE_WIDTH].CopyFrom(_int(128))
+            writer.write(example.SerializeToString())
+    return root
+
+
+@pytest.mark.parametrize("crop_size", [None, (24, 40)])
+@pytest.mark.parametrize("cache", [False, True])
+def test_augmented_images_and_labels_stay_aligned(coloured_records, crop_size, cache):
+    """Uncached, augment resamples the decoded frame (a JPEG at half size, its label at full
+    size) straight to the output; cached, the resized frame. Either way each pixel's colour
+    still names its label wherever the label is not at a category edge."""
+    no_colour_jitter = augment_lib.AugmentConfig(
+        max_brightness_delta=0.0, contrast_range=(1.0, 1.0), saturation_range=(1.0, 1.0),
+        max_hue_delta=0.0)
+    ds = data.make_dataset(coloured_records, "train", batch_size=4, image_size=(32, 64),
+                           augment=True, augment_config=no_colour_jitter, crop_size=crop_size,
+                           cache=cache, seed=1, repeat=True)
+    palette = _PALETTE.astype(np.float32) / 255.0
+    for images, labels in ds.take(3):
+        assert images.shape[1:3] == (crop_size or (32, 64))
+        for image, label in zip(images.numpy(), labels.numpy()):
+            nearest = np.argmin(((image[..., None, :] - palette) ** 2).sum(-1), axis=-1)
+            # Pixels whose 3x3 neighbourhood holds one category (and is not padding).
+            padded = np.pad(label, 1, mode="edge")
+            shifted = [padded[1 + dy:1 + dy + label.shape[0], 1 + dx:1 + dx + label.shape[1]]
+                       for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+            inside = np.all([s == label for s in shifted], axis=0) & (label != V.VOID)
+            assert inside.sum() > 0.3 * label.size
+            np.testing.assert_array_equal(nearest[inside], label[inside])

@@ -3,14 +3,17 @@
 Stages are small functions chained in `make_dataset`:
 
     list_shards -> interleave(TFRecordDataset) -> shuffle -> repeat -> (+ per-example seed)
-      -> parse_example -> decode_example -> resize_example -> augment (random scale + crop,
-      flip, colour) -> batch -> prefetch
+      -> parse_example -> decode_example -> augment (random scale + crop, flip, colour)
+      -> batch -> prefetch
+
+or, with `cache=True`, decode and resize first (once: `resize_example`), then cache, shuffle,
+repeat, augment; without augmentation or crop, `resize_example` follows `decode_example`.
 
 Frames keep their stored size and aspect ratio unless `image_size` asks to resize them:
 training takes fixed-size crops (`crop_size`), validation whole frames padded to the model's
-stride (`pad_to_multiple`).
-
-or, with `cache=True`, decode and resize first (once), then cache, shuffle, repeat, augment.
+stride (`pad_to_multiple`). Uncached frames with augmentation or a crop skip `resize_example`:
+`augment` draws its window on the frame at `image_size` and resamples only that window of the
+decoded pixels, once, to the output size, instead of resizing every pixel of the frame first.
 
 Without a cache, shuffling happens on the serialized records (a few hundred KB each) before
 decoding, so the shuffle buffer never holds decoded frames. Every map runs with `AUTOTUNE` parallelism.
@@ -108,8 +111,8 @@ def decode_example(features: dict[str, tf.Tensor],
     or JPEG: a JPEG whose stored size is at least twice `image_size` is decoded at 1/2 or 1/4
     of its size in the DCT domain (libjpeg's scaled decoding: each output pixel the mean of
     a 2x2 or 4x4 block, what the area resize that follows would compute), which skips most of
-    the decoding work; `resize_example` then brings it to `image_size` as usual. PNG has no
-    such shortcut: it is decoded whole.
+    the decoding work; `resize_example` (or `augment`'s crop) then brings it to `image_size`.
+    PNG has no such shortcut: it is decoded whole.
     """
     encoded = features[V.FEATURE_IMAGE]
     label = tf.io.decode_png(features[V.FEATURE_LABEL], channels=1, dtype=tf.uint8)[..., 0]
@@ -140,7 +143,10 @@ def resize_example(image: tf.Tensor, label: tf.Tensor,
       (image float32 [H, W, 3] in [0, 1], label uint8 [H, W]).
     """
     if image_size is not None:
-        image = ops.resize_image(image, image_size)
+        # A JPEG decoded at a reduced scale often has image_size already: no resize then.
+        image = tf.cond(tf.reduce_all(tf.shape(image)[:2] == image_size),
+                        lambda: tf.cast(image, tf.float32),
+                        lambda: ops.resize_image(image, image_size))
         label = ops.resize_label(label, image_size)
         height, width = image_size
     else:
@@ -260,9 +266,11 @@ def make_dataset(data_dir: str | os.PathLike, split: str, *, batch_size: int,
     deterministic = seed is not None
     shards = list_shards(data_dir, split)
 
+    def decode(serialized):
+        return decode_example(parse_example(serialized), image_size)
+
     def decode_and_resize(serialized):
-        image, label = decode_example(parse_example(serialized), image_size)
-        return resize_example(image, label, image_size)
+        return resize_example(*decode(serialized), image_size)
 
     ds = read_records(shards, shuffle=shuffle and not cache, seed=seed,
                       deterministic=deterministic, input_context=input_context)
@@ -276,8 +284,13 @@ def make_dataset(data_dir: str | os.PathLike, split: str, *, batch_size: int,
 
         def prepare(element):
             return ops.normalize_image(element["image"]), element["label"]
+
+        def load(element):  # for augment, which converts only the pixels it keeps
+            return element["image"], element["label"]
+        frame_size = None
     else:
         prepare = decode_and_resize
+        load, frame_size = decode, image_size
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
@@ -294,10 +307,13 @@ def make_dataset(data_dir: str | os.PathLike, split: str, *, batch_size: int,
         seeds = tf.data.Dataset.random(seed=pipeline_seed).batch(2)
         ds = tf.data.Dataset.zip(ds, seeds)
 
+        # augment takes the uint8 frame (cached, or as decoded with frame_size) and resamples
+        # only the window it keeps, once, straight to the crop or image_size: converting and
+        # resizing the whole frame first is work the crop then throws away.
         def prepare_and_augment(element, example_seed):
-            image, label = prepare(element)
+            image, label = load(element)
             return to_model_inputs(*augment_lib.augment(image, label, example_seed, config,
-                                                        crop_size))
+                                                        crop_size, frame_size))
 
         ds = ds.map(prepare_and_augment, num_parallel_calls=AUTOTUNE,
                     deterministic=deterministic)
