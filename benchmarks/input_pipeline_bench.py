@@ -17,10 +17,13 @@ them alike and the ratios hold even where the absolute figures do not. The seed 
 the vocabulary's lookup table to remap ids (faster than a per-id loop), so the ratio is a
 conservative one.
 
-`profile` splits the uncached augmented pipeline into its stages, each run as a pipeline of
-its own with the same parallelism (read + parse, + decode, + resize, + augment, + batch): the
-seconds per image each stage adds, and its share. Results go to
-docs/benchmarks/input_pipeline.json with the machine's CPU.
+`profile` splits the uncached augmented pipeline (PNG records) into the stages
+`make_dataset` runs, each cut run as a pipeline of its own with the same parallelism: read +
+parse, + decode, + augment (from the uint8 frame as decoded: the one resample of the window
+it keeps to the train size, then flip and colour jitter), + batch. There is no resize stage:
+`make_dataset` passes the decoded frame to `augment(..., frame_size=image_size)` rather than
+resizing it first. It reports the milliseconds per image each stage adds, and its share.
+Results go to docs/benchmarks/input_pipeline.json with the machine's CPU.
 """
 from __future__ import annotations
 
@@ -152,12 +155,17 @@ def _element_epoch(ds) -> int:
 
 # --- Where the time goes -------------------------------------------------------------------------
 
-STAGES = ("read_parse", "decode", "resize", "augment", "batch")
+STAGES = ("read_parse", "decode", "augment", "batch")
 
 
 def stage_pipelines(data: Path, size: tuple[int, int], batch_size: int) -> dict:
     """The uncached augmented pipeline cut after each stage, each with make_dataset's
-    parallelism: {stage: a function iterating one epoch and returning its image count}."""
+    parallelism: {stage: a function iterating one epoch and returning its image count}.
+
+    As `make_dataset(augment=True, cache=False)` does it: the frame goes from the decoder,
+    uint8 at its stored size (a JPEG possibly at a reduced scale), straight into `augment`
+    with `frame_size`, which resamples only the window it keeps, once, to `size`.
+    """
     import tensorflow as tf
 
     from training import augment as augment_lib
@@ -169,14 +177,13 @@ def stage_pipelines(data: Path, size: tuple[int, int], batch_size: int) -> dict:
         D.parse_example, num_parallel_calls=autotune, deterministic=False)
     decoded = parsed.map(lambda features: D.decode_example(features, size),
                          num_parallel_calls=autotune, deterministic=False)
-    resized = decoded.map(lambda image, label: D.resize_example(image, label, size),
-                          num_parallel_calls=autotune, deterministic=False)
     seeds = tf.data.Dataset.random().batch(2)
-    augmented = tf.data.Dataset.zip(resized, seeds).map(
-        lambda example, seed: D.to_model_inputs(*augment_lib.augment(*example, seed)),
+    augmented = tf.data.Dataset.zip(decoded, seeds).map(
+        lambda example, seed: D.to_model_inputs(
+            *augment_lib.augment(*example, seed, frame_size=size)),
         num_parallel_calls=autotune, deterministic=False)
     batched = augmented.batch(batch_size, num_parallel_calls=autotune, deterministic=False)
-    pipelines = dict(zip(STAGES, (parsed, decoded, resized, augmented, batched)))
+    pipelines = dict(zip(STAGES, (parsed, decoded, augmented, batched)))
     return {stage: (lambda ds=ds.prefetch(autotune), stage=stage:
                     _dataset_epoch(ds) if stage == "batch" else _element_epoch(ds))
             for stage, ds in pipelines.items()}
@@ -318,8 +325,10 @@ def _main(argv: Sequence[str] | None) -> int:
             **cached, "what": "training.data.make_dataset(shuffle=True, augment=True, "
                               "cache=True): decoded once in the warm-up epoch, augmented anew "
                               "in every timed epoch"},
-        "profile": {"what": "uncached augmented pipeline (PNG records), cut after each stage: "
-                            "milliseconds per image each stage adds (wall clock, all cores)",
+        "profile": {"what": "uncached augmented pipeline (PNG records), cut after each stage "
+                            "as make_dataset runs them (augment includes the one resample "
+                            "of the decoded frame to train_size): milliseconds per image "
+                            "each stage adds (wall clock, all cores)",
                     **stage_profile(timings)},
         "ratio": round(ratio, 2),
         "ratio_augmented": round(ratio_augmented, 2),
