@@ -16,9 +16,9 @@ stride). Recipes:
   (with `default`, the trainer's default model, that is the model comparison); with
   `--latency-runs N` each architecture's exported SavedModel is also timed on a 2048x1024 PNG
   in the same run (`realtime.time_model`), so quality and latency come from one command;
-- one change from the default each (`weighted-ce`, `weighted-ohem`, `rotation-10`, `no-aux`,
-  `crop-256x352-batch-4`), to back or overturn a default by measurement; `no-cache` trains
-  without keeping decoded frames in memory (training throughput at scale).
+- one change from the default each (`ohem`, `weighted-ce`, `weighted-ohem`, `rotation-10`,
+  `no-aux`, `crop-256x352-batch-4`), to back or overturn a default by measurement; `no-cache`
+  trains without keeping decoded frames in memory (training throughput at scale).
 
 The development set of this project is CamVid laid out as a Cityscapes tree
 (`../shared/data/camvid-dev`, not part of the project): `val` scores frames of a sequence that
@@ -59,6 +59,7 @@ RECIPES: dict[str, list[str]] = {
                     "--no-augment", "--loss", "ce", "--lr-schedule", "constant",
                     "--weight-decay", "0"],
     # One change from the default each, to back (or overturn) that default by measurement.
+    "ohem": ["--loss", "ohem"],
     "weighted-ce": ["--loss", "weighted_ce"],
     "rotation-10": ["--rotation", "10"],
     "weighted-ohem": ["--loss", "weighted_ohem"],

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -314,6 +316,34 @@ def test_impossible_configs_fail_with_one_line(change, message, toy_data, tmp_pa
     assert err.startswith("cityseg-train: error:") and message in err
     assert len(err.splitlines()) == 1
     assert not (run / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_default_loss_is_weighted_ohem_and_falls_back_without_category_counts(
+        toy_data, tmp_path, capsys, caplog):
+    from cityseg.stats import split_class_weights
+    from training import train
+
+    run = tmp_path / "run"
+    assert train.main(base_args(toy_data, run, "--epochs", "1")) == 0
+    config = json.loads((run / "config.json").read_text())
+    stats = json.loads((toy_data / V.STATS_FILE).read_text())
+    assert config["loss"] == "weighted_ohem"
+    assert config["class_weights"] == split_class_weights(stats, "train")
+    # A stats.json written before the job counted categories: the default trains unweighted.
+    old = tmp_path / "old"
+    shutil.copytree(toy_data, old)
+    (old / V.STATS_FILE).write_text(json.dumps(
+        {k: ({"images": v["images"]} if k in V.SPLITS else v) for k, v in stats.items()}))
+    with caplog.at_level(logging.WARNING, logger="cityseg.train"):
+        assert train.main(base_args(old, tmp_path / "run2", "--epochs", "1")) == 0
+    assert json.loads((tmp_path / "run2" / "config.json").read_text())["loss"] == "ohem"
+    assert "plain OHEM" in caplog.text
+    # Asked for by name, the weighted loss refuses, in one line, before training.
+    assert train.main(base_args(old, tmp_path / "run3", "--loss", "weighted_ohem")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--loss weighted_ohem needs" in err[0]
+    assert not (tmp_path / "run3" / "config.json").exists()
 
 
 def test_missing_data_dir_and_resume_of_nothing_fail(tmp_path, capsys):

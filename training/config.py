@@ -30,6 +30,10 @@ EPOCHS_UNDER_TIME_LIMIT = 100_000
 # learns: a 256x352 crop costs half a 352x480 one per step (docs/benchmarks/recipe.md), so
 # twice the steps in the same minutes; larger frames are cropped to this.
 MAX_DEFAULT_CROP = (256, 352)
+# OHEM whose kept pixels are weighted by the square roots of the median-frequency weights:
+# on CamVid val it beat plain OHEM overall and lifted object and human the most
+# (docs/benchmarks/recipes.md). Without category counts in stats.json, plain OHEM.
+DEFAULT_LOSS = "weighted_ohem"
 
 
 def _parse_range(text: str) -> tuple[float, float]:
@@ -99,11 +103,11 @@ class TrainConfig:
                                      "norm (0: plain Adam)", type=float)
     # Names (like --model's) are the keys of a registry that needs TensorFlow, so they are
     # checked once it is loaded (`check_registry_name`), not by argparse.
-    loss: str = flag("ohem", "a key of training.losses.LOSSES (an unknown name lists them); "
-                             "ohem: online hard example mining cross-entropy; weighted_ohem: "
-                             "OHEM with square-rooted class weights; weighted_ce, "
-                             "focal and ce+dice weigh the categories by DATA/stats.json "
-                             "(median-frequency balancing)")
+    loss: str = flag(DEFAULT_LOSS, "a key of training.losses.LOSSES (an unknown name lists "
+                                   "them); ohem: online hard example mining cross-entropy; "
+                                   "weighted_ohem: OHEM with the square roots of the "
+                                   "categories' weights from DATA/stats.json (median-frequency "
+                                   "balancing), which weighted_ce, focal and ce+dice use whole")
     aux_heads: bool = flag(True, "no auxiliary heads (fastscnn and pspnet train with the "
                                  "papers' auxiliary losses by default)", names=("--no-aux",),
                            action="store_false")

@@ -28,7 +28,7 @@ from cityseg.cli import CliError, run_cli, setup_logging
 from cityseg.stats import load_stats, split_class_weights
 from training import run_layout as layout
 from training.config import (
-    DEFAULT_EPOCHS, EPOCHS_UNDER_TIME_LIMIT, TrainConfig, check_registry_name, default_crop_size,
+    DEFAULT_EPOCHS, DEFAULT_LOSS, EPOCHS_UNDER_TIME_LIMIT, TrainConfig, check_registry_name, default_crop_size,
     merge_saved_config, parse_config, validate_config, validate_model,
 )
 
@@ -63,7 +63,14 @@ def train(cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> dict[str,
     check_registry_name("--loss", cfg.loss, losses.LOSSES)
     if cfg.loss in losses.CLASS_WEIGHTED_LOSSES and cfg.class_weights is None:
         cfg.class_weights = split_class_weights(stats, cfg.train_split)
-        if cfg.loss in losses.WEIGHTS_REQUIRED and cfg.class_weights is None:
+        if cfg.loss == DEFAULT_LOSS and cfg.class_weights is None and "loss" not in explicit:
+            # The default loss on data whose stats.json predates the category counts: train
+            # rather than refuse, with its unweighted form.
+            log.warning("%s has no category counts for the %s split: training with plain "
+                        "OHEM instead of the default weighted_ohem (re-run cityseg-preprocess "
+                        "to get them)", storage.join(cfg.data_dir, V.STATS_FILE), cfg.train_split)
+            cfg.loss = "ohem"
+        elif cfg.loss in losses.WEIGHTS_REQUIRED and cfg.class_weights is None:
             raise CliError(f"--loss {cfg.loss} needs the {cfg.train_split} split's category "
                            f"counts in {storage.join(cfg.data_dir, V.STATS_FILE)} (re-run "
                            "cityseg-preprocess)")
