@@ -141,7 +141,7 @@ class TrainConfig:
 
 EPILOG = """\
 examples:
-  # the default recipe (fastscnn, random scale + crop, OHEM, aux heads) for 20 minutes;
+  # the default recipe (fastscnn, random scale + crop, weighted OHEM, aux heads), 20 minutes;
   # frames of any size, the learning rate decays with the time spent
   cityseg-train --data-dir data --output-dir runs/fastscnn --time-limit 20
 
