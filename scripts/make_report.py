@@ -236,13 +236,22 @@ def section_input(doc: dict[str, Any] | None) -> list[str]:
             f"{machine_line(doc)}.", "", "| loader | images/s | vs the seed's |", "|---|---:|---:|"]
     seed = doc["seed_pydataset"]["images_per_s"]
     for key in ("seed_pydataset", "make_dataset", "make_dataset_augmented",
-                "make_dataset_cached", "make_dataset_cached_augmented"):
+                "make_dataset_jpeg_augmented", "make_dataset_cached",
+                "make_dataset_cached_augmented"):
         if key in doc:
             row = doc[key]
             out.append(f"| {row['what']} | {fmt(row['images_per_s'])} | "
                        f"{fmt(row['images_per_s'] / seed)}x |")
-    out += ["", f"Target: {fmt(doc['target_ratio'], 0)}x. {doc.get('notes', '')}", "",
-            source("input_pipeline"), ""]
+    out += ["", f"Target: {fmt(doc['target_ratio'], 0)}x. {doc.get('notes', '')}", ""]
+    profile = doc.get("profile")
+    if profile:
+        stages = [k for k in profile if isinstance(profile[k], dict)]
+        out += [profile["what"].capitalize() + ":", "", "| stage | ms per image | share |",
+                "|---|---:|---:|"]
+        out += [f"| {k} | {fmt(profile[k]['ms_per_image'])} | "
+                f"{profile[k]['share'] * 100:.0f} % |" for k in stages]
+        out.append("")
+    out += [source("input_pipeline"), ""]
     return out
 
 
@@ -365,6 +374,13 @@ def readme_block(docs: dict[str, dict[str, Any] | None]) -> list[str]:
                            f"({row['model']}) for {real['settings']['time_limit_minutes']:g} "
                            f"min: mean IoU (7 categories) {row['mean_iou_7']:.3f} "
                            f"({row['seeds']} seed(s), {row['min']:.3f}..{row['max']:.3f})")
+        floors = [f"{names[row['recipe']]} {row['mean_iou_7']:.3f} on {row['data']}"
+                  for names in [{"colour-baseline": "a per-pixel colour classifier",
+                                 "seed-recipe": "the seed's recipe under the same budget"}]
+                  for row in real["summary"]
+                  if row["recipe"] in names and row.get("mean_iou_7") is not None]
+        if floors:
+            out.append("- real photos, the floors beside it: " + ", ".join(floors))
     rt = docs["realtime"]
     if rt:
         row = rt["rows"][0]
@@ -422,7 +438,9 @@ def readme_block(docs: dict[str, dict[str, Any] | None]) -> list[str]:
                    f"- tf.data input pipeline: {inp['ratio']:.1f}x the seed's loader")
         if "ratio_augmented" in inp:
             out[-1] += (f"; uncached with augmentation {inp['ratio_augmented']:.1f}x "
-                        f"(target {inp.get('target_ratio', 10):g}x)")
+                        + (f"from PNG records, {inp['ratio_jpeg_augmented']:.1f}x from the "
+                           "job's JPEG records " if "ratio_jpeg_augmented" in inp else "")
+                        + f"(target {inp.get('target_ratio', 10):g}x)")
     srv = docs["serving"]
     if srv:
         lat = srv["latency"]
