@@ -246,7 +246,7 @@ def section_input(doc: dict[str, Any] | None) -> list[str]:
     profile = doc.get("profile")
     if profile:
         stages = [k for k in profile if isinstance(profile[k], dict)]
-        out += [profile["what"].capitalize() + ":", "", "| stage | ms per image | share |",
+        out += [profile["what"][:1].upper() + profile["what"][1:] + ":", "", "| stage | ms per image | share |",
                 "|---|---:|---:|"]
         out += [f"| {k} | {fmt(profile[k]['ms_per_image'])} | "
                 f"{profile[k]['share'] * 100:.0f} % |" for k in stages]
