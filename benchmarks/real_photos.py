@@ -67,6 +67,8 @@ RECIPES: dict[str, list[str]] = {
     # Training throughput when the decoded frames do not stay in memory (data at scale).
     "no-cache": ["--no-cache"],
     "no-aux": ["--no-aux"],
+    "lr-0.003": ["--learning-rate", "0.003"],
+    "lr-0.0003": ["--learning-rate", "0.0003"],
     # The model comparison: the default recipe with another architecture (`default` is the
     # trainer's default model).
     **{f"model-{name}": ["--model", name] for name in ("unet", "pspnet", "fcn8")},
