@@ -104,6 +104,23 @@ def train(cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> dict[str,
             shutil.rmtree(out, ignore_errors=True)
 
 
+def use_xla(cfg: TrainConfig, *, gpu: bool, multi: bool) -> bool:
+    """Whether the training step compiles with XLA.
+
+    `--jit`/`--no-jit` decide when given. By default: on a GPU, where XLA pays; on a CPU only
+    for the models in `models.XLA_ON_CPU` (unet), since for the others it is the slow path
+    there (one fastscnn step 5x slower: docs/benchmarks/train_step.md). Never with several
+    workers (XLA's collectives do not mix with the multi-worker strategy's), nor with mixed
+    bfloat16 on CPU (XLA rejects the mixed gradients of dropout there).
+    """
+    from training.models import XLA_ON_CPU
+
+    wanted = cfg.jit_compile
+    if wanted is None:
+        wanted = gpu or cfg.model in XLA_ON_CPU
+    return wanted and not multi and not (cfg.mixed_precision and not gpu)
+
+
 def _fit(cfg: TrainConfig, cluster, strategy, stats: dict[str, Any], out: str,
          done: dict[str, Any]) -> dict[str, Any]:
     """Builds data, model and callbacks and runs `fit`; `done` summarises the epochs before.
@@ -151,12 +168,7 @@ def _fit(cfg: TrainConfig, cluster, strategy, stats: dict[str, Any], out: str,
         keras.utils.set_random_seed(cfg.seed)
     previous_policy = keras.mixed_precision.global_policy()
     gpu = bool(tf.config.list_logical_devices("GPU"))
-    # XLA is the slow path on CPU (one fastscnn step 7.9x, unet 1.4x slower: measured in
-    # docs/benchmarks/train_step.json), so by default it is for GPUs. Its collectives do not
-    # mix with the multi-worker strategy's, and XLA on CPU rejects the mixed bfloat16/float32
-    # gradients of dropout.
-    jit_compile = gpu if cfg.jit_compile is None else cfg.jit_compile
-    jit_compile = jit_compile and not multi and not (cfg.mixed_precision and not gpu)
+    jit_compile = use_xla(cfg, gpu=gpu, multi=multi)
     if cfg.mixed_precision:
         # float16 needs a GPU to pay off; bfloat16 is the CPU/TPU mixed type.
         keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
@@ -256,6 +268,7 @@ def _fit(cfg: TrainConfig, cluster, strategy, stats: dict[str, Any], out: str,
             "params": int(inference_model.count_params()),
             "crop_size": list(cfg.crop_size),
             "train_images_per_second": throughput.images_per_second(),
+            "xla": jit_compile,
             "num_workers": cluster.num_workers,
         }
         storage.write_json_atomic(storage.join(out, layout.SUMMARY_FILE), summary)
