@@ -56,8 +56,8 @@ log = logging.getLogger("cityseg.real_photos")
 RECIPES: dict[str, list[str]] = {
     "default": [],
     "seed-recipe": ["--model", "unet", "--width", "64", "--image-size", "128x128",
-                    "--no-augment", "--loss", "ce", "--lr-schedule", "constant",
-                    "--weight-decay", "0"],
+                    "--no-augment", "--loss", "ce", "--learning-rate", "0.001",
+                    "--lr-schedule", "constant", "--weight-decay", "0"],
     # One change from the default each, to back (or overturn) that default by measurement.
     "ohem": ["--loss", "ohem"],
     "weighted-ce": ["--loss", "weighted_ce"],
@@ -67,8 +67,8 @@ RECIPES: dict[str, list[str]] = {
     # Training throughput when the decoded frames do not stay in memory (data at scale).
     "no-cache": ["--no-cache"],
     "no-aux": ["--no-aux"],
+    "lr-0.001": ["--learning-rate", "0.001"],
     "lr-0.003": ["--learning-rate", "0.003"],
-    "lr-0.0003": ["--learning-rate", "0.0003"],
     # The model comparison: the default recipe with another architecture (`default` is the
     # trainer's default model).
     **{f"model-{name}": ["--model", name] for name in ("unet", "pspnet", "fcn8")},

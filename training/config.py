@@ -93,7 +93,7 @@ class TrainConfig:
                                     "allows", type=int)
     steps_per_epoch: int | None = flag(None, "default: one pass over the train split", type=int)
     validation_steps: int | None = flag(None, "default: the whole val split", type=int)
-    learning_rate: float = flag(1e-3, "peak learning rate (after warm-up)",
+    learning_rate: float = flag(3e-3, "peak learning rate (after warm-up)",
                                 names=("--learning-rate", "--lr"), type=float)
     lr_schedule: str = flag("poly", "decay over the budget: the epochs, or --time-limit when "
                                     "it binds first", choices=SCHEDULES)
