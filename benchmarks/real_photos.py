@@ -172,11 +172,12 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def to_markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     m = result["machine"]
+    title = s.get("title") or (
+        "the default recipe and its floors" if "seed-recipe" in s["recipes"]
+        else "every architecture under the default recipe"
+        if any(r.startswith("model-") for r in s["recipes"]) else "recipes compared")
     lines = [
-        "# Real street photos: " + (
-            "the default recipe and its floors" if "seed-recipe" in s["recipes"]
-            else "every architecture under the default recipe"
-            if any(r.startswith("model-") for r in s["recipes"]) else "recipes compared"),
+        "# Real street photos: " + title,
         "",
         f"Generated {result['generated']} by `{result['command']}` on {m['nproc']} CPU cores "
         f"({m['cpu_model']}), TensorFlow {m.get('tensorflow')}.",
@@ -267,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--work-dir", type=Path, default=REPO / "out" / "real")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--title", default=None,
+                        help="what the comparison is, after \"Real street photos: \" "
+                             "(default: from the recipes)")
     return parser
 
 
@@ -322,7 +326,7 @@ def _main(argv: Sequence[str] | None) -> int:
                      "seeds_of_recipes": {r: seeds_of[r] for r in [*recipes, *sorted(pairs)]
                                           if r in seeds_of},
                      "recipes": {r: RECIPES[r] for r in recipes},
-                     "train_args": args.train_arg},
+                     "train_args": args.train_arg, "title": args.title},
         "rows": rows,
         "summary": aggregate(rows),
         "latency": latency_rows(rows, args) if args.latency_runs > 0 else [],

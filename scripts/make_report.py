@@ -40,18 +40,22 @@ COMMANDS = {
     "proxy_load": "python benchmarks/proxy_load.py",
     "setup_times": "python benchmarks/setup_times.py",
     "recipes": "python benchmarks/real_photos.py (exact flags in the section)",
+    "learning_rate": "python benchmarks/real_photos.py (exact flags in the section)",
+    "train_cache": "python benchmarks/real_photos.py (exact flags in the section)",
     "job_scaling": "python benchmarks/preprocess_bench.py --scaling",
     "job_scaling_quiet": "python benchmarks/preprocess_bench.py --scaling 1,24,96 "
                          "--scaling-output docs/benchmarks/job_scaling_quiet.json",
     "train_step": "python benchmarks/train_step.py (exact flags in the section)",
     "train_step_sizes": "python benchmarks/train_step.py (exact flags in the section)",
+    "train_step_xla": "python benchmarks/train_step.py (exact flags in the section)",
     "server_hardening": "python benchmarks/server_hardening.py",
     "proxy_slow_clients": "python benchmarks/proxy_slow_clients.py",
     "proxy_footprint": "python benchmarks/proxy_footprint.py",
 }
 # Benchmarks that write their own markdown next to the JSON: the report includes it as it is.
-MARKDOWN_SECTIONS = ("recipes", "train_step", "train_step_sizes", "job_scaling_quiet",
-                     "job_scaling", "server_hardening")
+MARKDOWN_SECTIONS = ("recipes", "learning_rate", "train_step", "train_step_xla",
+                     "train_step_sizes", "train_cache", "job_scaling_quiet", "job_scaling",
+                     "server_hardening")
 
 
 def load(name: str) -> dict[str, Any] | None:
