@@ -72,6 +72,8 @@ RECIPES: dict[str, list[str]] = {
     # The model comparison: the default recipe with another architecture (`default` is the
     # trainer's default model).
     **{f"model-{name}": ["--model", name] for name in ("unet", "pspnet", "fcn8")},
+    # unet compiled with XLA: its bare step is faster so, is its training? (train_step_xla.md)
+    "model-unet-xla": ["--model", "unet", "--jit"],
 }
 BASELINE = "colour-baseline"
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks" / "real_photos"

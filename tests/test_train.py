@@ -378,19 +378,20 @@ def test_cluster_from_tf_config(monkeypatch):
     assert alone.is_chief and alone.num_workers == 1
 
 
-def test_xla_by_default_where_it_was_measured_faster():
+def test_xla_by_default_on_a_gpu_only():
     from training.config import TrainConfig
     from training.train import use_xla
 
     def xla(model, *, gpu=False, multi=False, **flags):
         return use_xla(TrainConfig(data_dir="d", model=model, **flags), gpu=gpu, multi=multi)
 
-    # CPU: only unet's step is faster with XLA; a GPU compiles every model.
-    assert [xla(m) for m in ("fastscnn", "pspnet", "unet", "fcn8")] == [False, False, True, False]
+    # On CPU XLA was the trainer's slow path for every model measured; a GPU compiles them.
+    assert not any(xla(m) for m in ("fastscnn", "pspnet", "unet", "fcn8"))
     assert xla("fastscnn", gpu=True)
     # The flags win; XLA never with several workers or mixed bfloat16 on CPU.
-    assert xla("fastscnn", jit_compile=True) and not xla("unet", jit_compile=False)
-    assert not xla("unet", multi=True) and not xla("unet", mixed_precision=True)
+    assert xla("fastscnn", jit_compile=True) and not xla("unet", gpu=True, jit_compile=False)
+    assert not xla("unet", jit_compile=True, multi=True)
+    assert not xla("unet", jit_compile=True, mixed_precision=True)
     assert xla("unet", gpu=True, mixed_precision=True)
 
 

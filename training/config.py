@@ -124,9 +124,8 @@ class TrainConfig:
                                  action="store_true")
     jit_compile: bool | None = flag(
         None, "compile with XLA", names=("--jit",), action="store_true",
-        negation=("--no-jit", "do not compile with XLA (default: XLA on a GPU, where it "
-                              "pays, and for unet on CPU; for the other models it is the slow "
-                              "path on CPU)"))
+        negation=("--no-jit", "do not compile with XLA (default: XLA on a GPU only, where it "
+                              "pays; on CPU it is the slow path)"))
     time_limit_minutes: float | None = flag(
         None, "stop cleanly once this many minutes are spent (best model kept)",
         names=("--time-limit",), type=float, metavar="MINUTES")

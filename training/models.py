@@ -416,10 +416,6 @@ MODEL_STRIDES: dict[str, int] = {"unet": 16, "pspnet": 8, "fcn8": 32, "fastscnn"
 # the seed's models on this CPU and, for the same training minutes, sees several times more
 # images (docs/benchmarks/model_comparison.md holds the real-photo comparison).
 DEFAULT_MODEL = "fastscnn"
-# Models whose training step is faster with XLA on a CPU too (one step of 8 crops of 256x352:
-# unet 3.8 s against 6.6 s; fastscnn 5.8 s against 1.1 s and pspnet 5.6 s against 4.3 s go
-# the other way: docs/benchmarks/train_step.md, train_step_xla.md).
-XLA_ON_CPU: frozenset[str] = frozenset({"unet"})
 
 
 # Auxiliary heads the papers train with (weight 0.4 each), by the layer whose output they read:

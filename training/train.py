@@ -107,17 +107,16 @@ def train(cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> dict[str,
 def use_xla(cfg: TrainConfig, *, gpu: bool, multi: bool) -> bool:
     """Whether the training step compiles with XLA.
 
-    `--jit`/`--no-jit` decide when given. By default: on a GPU, where XLA pays; on a CPU only
-    for the models in `models.XLA_ON_CPU` (unet), since for the others it is the slow path
-    there (one fastscnn step 5x slower: docs/benchmarks/train_step.md). Never with several
-    workers (XLA's collectives do not mix with the multi-worker strategy's), nor with mixed
-    bfloat16 on CPU (XLA rejects the mixed gradients of dropout there).
+    `--jit`/`--no-jit` decide when given; by default only on a GPU. On this CPU XLA was the
+    slow path in the trainer for every model measured: fastscnn's step 5x slower
+    (docs/benchmarks/train_step.md), and unet, whose bare step (`train_on_batch` on random
+    tensors) is 1.7x faster with XLA (docs/benchmarks/train_step_xla.md), trained at 0.30
+    images/s with it against 1.22 without in 10-minute runs (docs/benchmarks/unet_xla.md,
+    model_comparison_real.md).
+    Never with several workers (XLA's collectives do not mix with the multi-worker
+    strategy's), nor with mixed bfloat16 on CPU (XLA rejects the mixed gradients of dropout).
     """
-    from training.models import XLA_ON_CPU
-
-    wanted = cfg.jit_compile
-    if wanted is None:
-        wanted = gpu or cfg.model in XLA_ON_CPU
+    wanted = gpu if cfg.jit_compile is None else cfg.jit_compile
     return wanted and not multi and not (cfg.mixed_precision and not gpu)
 
 
