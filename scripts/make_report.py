@@ -42,6 +42,7 @@ COMMANDS = {
     "recipes": "python benchmarks/real_photos.py (exact flags in the section)",
     "learning_rate": "python benchmarks/real_photos.py (exact flags in the section)",
     "train_cache": "python benchmarks/real_photos.py (exact flags in the section)",
+    "unet_xla": "python benchmarks/real_photos.py (exact flags in the section)",
     "job_scaling": "python benchmarks/preprocess_bench.py --scaling",
     "job_scaling_quiet": "python benchmarks/preprocess_bench.py --scaling 1,24,96 "
                          "--scaling-output docs/benchmarks/job_scaling_quiet.json",
@@ -53,7 +54,7 @@ COMMANDS = {
     "proxy_footprint": "python benchmarks/proxy_footprint.py",
 }
 # Benchmarks that write their own markdown next to the JSON: the report includes it as it is.
-MARKDOWN_SECTIONS = ("recipes", "learning_rate", "train_step", "train_step_xla",
+MARKDOWN_SECTIONS = ("recipes", "learning_rate", "train_step", "train_step_xla", "unet_xla",
                      "train_step_sizes", "train_cache", "job_scaling_quiet", "job_scaling",
                      "server_hardening")
 
@@ -400,7 +401,8 @@ def readme_block(docs: dict[str, dict[str, Any] | None]) -> list[str]:
                  for p in sorted(quality_latency_points(real_models),
                                  key=lambda p: p["latency"]["p50_ms"])]
         if parts:
-            out.append(f"- every architecture on real photos (CamVid val, default recipe, "
+            out.append(f"- every architecture on real photos (CamVid val, the default recipe "
+                       f"when it ran, {real_models['generated']}, "
                        f"{budget:g} min each, mean over seeds; exported p50 on a 2048x1024 "
                        "PNG): " + ", ".join(parts)
                        + " ([plot](docs/report/quality_vs_latency_real.png))")
