@@ -104,8 +104,10 @@ def time_step(name: str, variant: str, crop: tuple[int, int], batch: int,
 def to_markdown(result: dict[str, Any]) -> str:
     s, m = result["settings"], result["machine"]
     sweep = len(s["crops"]) > 1 or len(s["batches"]) > 1
+    mixed = any(row["variant"] == "bfloat16" for row in result["rows"])
     lines = ["# One training step on this CPU: "
-             + ("crop and batch sizes" if sweep else "XLA and mixed precision"), "",
+             + ("crop and batch sizes" if sweep
+                else "XLA and mixed precision" if mixed else "XLA on and off"), "",
              f"Generated {result['generated']} by `{result['command']}` on {m['nproc']} CPU cores "
              f"({m['cpu_model']}), TensorFlow {m.get('tensorflow')}.", "",
              f"- Random crops as a batch, the trainer's loss ({s.get('loss', 'ohem')} + auxiliary "
