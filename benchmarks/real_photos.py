@@ -72,7 +72,7 @@ RECIPES: dict[str, list[str]] = {
     # The model comparison: the default recipe with another architecture (`default` is the
     # trainer's default model).
     **{f"model-{name}": ["--model", name] for name in ("unet", "pspnet", "fcn8")},
-    # unet compiled with XLA: its bare step is faster so, is its training? (train_step_xla.md)
+    # unet compiled with XLA: its bare step is faster (train_step_xla.md); is its training?
     "model-unet-xla": ["--model", "unet", "--jit"],
 }
 BASELINE = "colour-baseline"

@@ -29,30 +29,35 @@ PLOTS = REPO / "docs" / "report"
 README = REPO / "README.md"
 BEGIN, END = "<!-- BEGIN GENERATED: results -->", "<!-- END GENERATED: results -->"
 
+REAL_PHOTOS = "python benchmarks/real_photos.py (exact flags in the section)"
+TRAIN_STEP = "python benchmarks/train_step.py (exact flags in the section)"
 COMMANDS = {
-    "real_photos": "python benchmarks/real_photos.py (exact flags in the section)",
+    "real_photos": REAL_PHOTOS,
     "realtime": "python benchmarks/realtime.py (exact flags in the section)",
     "model_comparison": "python benchmarks/compare_models.py (exact flags in the table's header)",
-    "model_comparison_real": "python benchmarks/real_photos.py (exact flags in the section)",
+    "model_comparison_real": REAL_PHOTOS,
     "preprocess": "python benchmarks/preprocess_bench.py",
     "input_pipeline": "python benchmarks/input_pipeline_bench.py",
     "serving": "python benchmarks/serving_bench.py",
     "proxy_load": "python benchmarks/proxy_load.py",
     "setup_times": "python benchmarks/setup_times.py",
-    "recipes": "python benchmarks/real_photos.py (exact flags in the section)",
-    "learning_rate": "python benchmarks/real_photos.py (exact flags in the section)",
-    "train_cache": "python benchmarks/real_photos.py (exact flags in the section)",
-    "unet_xla": "python benchmarks/real_photos.py (exact flags in the section)",
+    "recipes": REAL_PHOTOS,
+    "learning_rate": REAL_PHOTOS,
+    "train_cache": REAL_PHOTOS,
+    "unet_xla": REAL_PHOTOS,
     "job_scaling": "python benchmarks/preprocess_bench.py --scaling",
     "job_scaling_quiet": "python benchmarks/preprocess_bench.py --scaling 1,24,96 "
                          "--scaling-output docs/benchmarks/job_scaling_quiet.json",
-    "train_step": "python benchmarks/train_step.py (exact flags in the section)",
-    "train_step_sizes": "python benchmarks/train_step.py (exact flags in the section)",
-    "train_step_xla": "python benchmarks/train_step.py (exact flags in the section)",
+    "train_step": TRAIN_STEP,
+    "train_step_sizes": TRAIN_STEP,
+    "train_step_xla": TRAIN_STEP,
     "server_hardening": "python benchmarks/server_hardening.py",
     "proxy_slow_clients": "python benchmarks/proxy_slow_clients.py",
     "proxy_footprint": "python benchmarks/proxy_footprint.py",
 }
+# The floors the real-photo headline is read against, by their recipe in real_photos.py.
+FLOORS = {"colour-baseline": "a per-pixel colour classifier",
+          "seed-recipe": "the seed's recipe under the same budget"}
 # Benchmarks that write their own markdown next to the JSON: the report includes it as it is.
 MARKDOWN_SECTIONS = ("recipes", "learning_rate", "train_step", "train_step_xla", "unet_xla",
                      "train_step_sizes", "train_cache", "job_scaling_quiet", "job_scaling",
@@ -251,8 +256,8 @@ def section_input(doc: dict[str, Any] | None) -> list[str]:
     profile = doc.get("profile")
     if profile:
         stages = [k for k in profile if isinstance(profile[k], dict)]
-        out += [profile["what"][:1].upper() + profile["what"][1:] + ":", "", "| stage | ms per image | share |",
-                "|---|---:|---:|"]
+        out += [profile["what"][:1].upper() + profile["what"][1:] + ":", "",
+                "| stage | ms per image | share |", "|---|---:|---:|"]
         out += [f"| {k} | {fmt(profile[k]['ms_per_image'])} | "
                 f"{profile[k]['share'] * 100:.0f} % |" for k in stages]
         out.append("")
@@ -379,11 +384,9 @@ def readme_block(docs: dict[str, dict[str, Any] | None]) -> list[str]:
                            f"({row['model']}) for {real['settings']['time_limit_minutes']:g} "
                            f"min: mean IoU (7 categories) {row['mean_iou_7']:.3f} "
                            f"({row['seeds']} seed(s), {row['min']:.3f}..{row['max']:.3f})")
-        floors = [f"{names[row['recipe']]} {row['mean_iou_7']:.3f} on {row['data']}"
-                  for names in [{"colour-baseline": "a per-pixel colour classifier",
-                                 "seed-recipe": "the seed's recipe under the same budget"}]
+        floors = [f"{FLOORS[row['recipe']]} {row['mean_iou_7']:.3f} on {row['data']}"
                   for row in real["summary"]
-                  if row["recipe"] in names and row.get("mean_iou_7") is not None]
+                  if row["recipe"] in FLOORS and row.get("mean_iou_7") is not None]
         if floors:
             out.append("- real photos, the floors beside it: " + ", ".join(floors))
     rt = docs["realtime"]

@@ -104,7 +104,8 @@ class TrainConfig:
     # Names (like --model's) are the keys of a registry that needs TensorFlow, so they are
     # checked once it is loaded (`check_registry_name`), not by argparse.
     loss: str = flag(DEFAULT_LOSS, "a key of training.losses.LOSSES (an unknown name lists "
-                                   f"them; default {DEFAULT_LOSS}); ohem: online hard example mining cross-entropy; "
+                                   f"them; default {DEFAULT_LOSS}); ohem: online hard example "
+                                   "mining cross-entropy; "
                                    "weighted_ohem: OHEM with the square roots of the "
                                    "categories' weights from DATA/stats.json (median-frequency "
                                    "balancing), which weighted_ce, focal and ce+dice use whole")
