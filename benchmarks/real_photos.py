@@ -24,6 +24,8 @@ The development set of this project is CamVid laid out as a Cityscapes tree
 (`../shared/data/camvid-dev`, not part of the project): `val` scores frames of a sequence that
 also appears in train, so a second data set holds out a whole sequence (train on camvida +
 camvidc, score camvidb) to tell how the model does on a camera it has not seen.
+`bash benchmarks/camvid_data.sh ../shared/data/camvid-dev data` writes both (data/camvid,
+data/camvid-heldout).
 
 Finished runs in the work folder are reused (`--retrain` to train again), so an interrupted
 benchmark continues where it stopped. Writes OUTPUT.json (every run) and OUTPUT.md (mean and
