@@ -242,22 +242,37 @@ def test_requests_whose_callers_left_while_queued_are_never_run(serve, models_di
     server = serve(models_dir, max_concurrent_predicts=1)
     target = f"localhost:{server.grpc_port}"
     big = zero_png(BIG, BIG)
+    # How long one call holds the turn on this machine (a second on one host, a third on
+    # another): the waiters' deadlines are a fraction of it, so they leave while it runs.
+    call_all(target, big, 1, 60)  # warm
+    started = time.monotonic()
+    call_all(target, big, 1, 60)
+    hold_s = time.monotonic() - started
     _, before = scrape(server)
     running = threading.Thread(target=call_all, args=(target, big, 1, 60))
-    running.start()  # holds the only turn for about a second
-    time.sleep(0.1)
-    errors = call_all(target, big, 4, timeout_s=0.3)  # wait behind it, then leave
+    running.start()  # holds the only turn for hold_s
+    time.sleep(hold_s / 10)
+    errors = call_all(target, big, 4, timeout_s=hold_s / 3)  # wait behind it, then leave
     running.join()
-    _, after = scrape(server)
     assert all(isinstance(e, C.ServingTimeout) for e in errors), errors
 
-    def added(status: str) -> float:
-        return (request_count(after, "grpc", "tiny", status)
-                - request_count(before, "grpc", "tiny", status))
+    def counted() -> tuple[float, float]:
+        _, after = scrape(server)
 
+        def added(status: str) -> float:
+            return (request_count(after, "grpc", "tiny", status)
+                    - request_count(before, "grpc", "tiny", status))
+
+        return added("OK"), added("DEADLINE_EXCEEDED") + added("CANCELLED")
+
+    # The server counts a request when its handler returns, which may be just after the
+    # clients have their answers: wait (at most 10 s) until all five are counted.
+    settle_by = time.monotonic() + 10
+    while sum(counted()) < 5 and time.monotonic() < settle_by:
+        time.sleep(0.05)
     # The client's cancel at its deadline may reach the server just before the server's own
     # copy of the deadline expires: either status, never OK.
-    assert (added("OK"), added("DEADLINE_EXCEEDED") + added("CANCELLED")) == (1, 4)
+    assert counted() == (1, 4)
 
 
 @pytest.mark.slow
