@@ -14,9 +14,8 @@ if [ $# -ne 2 ]; then
 fi
 src=$1 out=$2
 [ -x "$src/make-tree" ] || { echo "camvid_data: $src has no make-tree (expected ../shared/data/camvid-dev)" >&2; exit 2; }
-python=$(command -v python)
 raw=$out/raw held=$out/raw-heldout
-"$python" "$src/make-tree" "$raw"
+python "$src/make-tree" "$raw"
 cityseg-preprocess --input-root "$raw" --output-dir "$out/camvid" --splits train,val \
   --image-size native
 # The held-out tree: links into the raw tree, camvidb moved from train to val.

@@ -17,8 +17,9 @@ stride). Recipes:
   `--latency-runs N` each architecture's exported SavedModel is also timed on a 2048x1024 PNG
   in the same run (`realtime.time_model`), so quality and latency come from one command;
 - one change from the default each (`ohem`, `weighted-ce`, `weighted-ohem`, `rotation-10`,
-  `no-aux`, `crop-256x352-batch-4`, `lr-0.001`, `lr-0.003`), to back or overturn a default by measurement; `no-cache`
-  trains without keeping decoded frames in memory (training throughput at scale).
+  `no-aux`, `crop-256x352-batch-4`, `lr-0.001`, `lr-0.003`), to back or overturn a default by
+  measurement; `no-cache` trains without keeping decoded frames in memory (training
+  throughput at scale).
 
 The development set of this project is CamVid laid out as a Cityscapes tree
 (`../shared/data/camvid-dev`, not part of the project): `val` scores frames of a sequence that

@@ -242,8 +242,8 @@ def test_requests_whose_callers_left_while_queued_are_never_run(serve, models_di
     server = serve(models_dir, max_concurrent_predicts=1)
     target = f"localhost:{server.grpc_port}"
     big = zero_png(BIG, BIG)
-    # How long one call holds the turn on this machine (a second on one host, a third on
-    # another): the waiters' deadlines are a fraction of it, so they leave while it runs.
+    # How long one call holds the turn on this machine (hosts differ): the waiters' deadlines
+    # are a fraction of it, so they leave while it runs.
     call_all(target, big, 1, 60)  # warm
     started = time.monotonic()
     call_all(target, big, 1, 60)
