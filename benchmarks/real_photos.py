@@ -17,8 +17,8 @@ stride). Recipes:
   `--latency-runs N` each architecture's exported SavedModel is also timed on a 2048x1024 PNG
   in the same run (`realtime.time_model`), so quality and latency come from one command;
 - one change from the default each (`ohem`, `weighted-ce`, `weighted-ohem`, `rotation-10`,
-  `no-aux`, `crop-256x352-batch-4`, `lr-0.001`, `lr-0.003`), to back or overturn a default by
-  measurement; `no-cache` trains without keeping decoded frames in memory (training
+  `no-aux`, `crop-256x352-batch-4`, `lr-0.001`, `lr-0.003`, `scale-1-2`), to back or
+  overturn a default by measurement; `no-cache` trains without keeping decoded frames in memory (training
   throughput at scale).
 
 The development set of this project is CamVid laid out as a Cityscapes tree
@@ -72,6 +72,9 @@ RECIPES: dict[str, list[str]] = {
     "no-aux": ["--no-aux"],
     "lr-0.001": ["--learning-rate", "0.001"],
     "lr-0.003": ["--learning-rate", "0.003"],
+    # Frames never shrunk in training: thin poles and signs kept at their size or larger, and
+    # no crop padded with void (a 360x480 frame at scale 0.5 fills half a 256x352 crop).
+    "scale-1-2": ["--scale-range", "1,2"],
     # The model comparison: the default recipe with another architecture (`default` is the
     # trainer's default model).
     **{f"model-{name}": ["--model", name] for name in ("unet", "pspnet", "fcn8")},
