@@ -11,6 +11,7 @@ import time
 import grpc
 import pytest
 
+from polling import wait_until
 from serving.admission import Caller, WorkQueue
 from serving.errors import RequestError
 
@@ -43,10 +44,7 @@ class Waiter:
 
 
 def waiting(work: WorkQueue, count: int) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while work.counts()[1] != count:
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    wait_until(lambda: work.counts()[1] == count, WAIT_S, 0.005, seen=work.counts)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from cityseg import vocabulary as V
+from polling import wait_until
 from serving import client as C
 from serving import wire_pb2 as W
 from test_serving_server import METRICS_PATH, png, request_count, scrape, tiny_model
@@ -267,9 +268,7 @@ def test_requests_whose_callers_left_while_queued_are_never_run(serve, models_di
 
     # The server counts a request when its handler returns, which may be just after the
     # clients have their answers: wait (at most 10 s) until all five are counted.
-    settle_by = time.monotonic() + 10
-    while sum(counted()) < 5 and time.monotonic() < settle_by:
-        time.sleep(0.05)
+    wait_until(lambda: sum(counted()) >= 5, 10, seen=counted)
     # The client's cancel at its deadline may reach the server just before the server's own
     # copy of the deadline expires: either status, never OK.
     assert counted() == (1, 4)
@@ -334,10 +333,7 @@ def test_rest_connections_over_the_pool_get_503_and_the_pool_recovers(serve, mod
     finally:
         for sock in slow:
             sock.close()
-    deadline = time.monotonic() + 10
-    while http(server.rest_port, "GET", "/v1/models/tiny")[0] != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: http(server.rest_port, "GET", "/v1/models/tiny")[0] == 200, 10, 0.1)
 
 
 def test_a_rest_body_over_the_limit_is_refused_before_it_is_read(server):
@@ -420,11 +416,11 @@ def test_a_version_copied_non_atomically_is_retried_and_its_failure_logged_once(
     for item in (root / "m" / "1").iterdir():  # the rest of the copy arrives
         if item.name != "saved_model.pb":
             (shutil.copytree if item.is_dir() else shutil.copy)(item, version / item.name)
-    deadline = time.monotonic() + 30
-    while statuses(server, "m") != [(1, "END"), (2, "AVAILABLE")]:
-        assert time.monotonic() < deadline, statuses(server, "m")
+    def version_2_serves() -> bool:
         server.poll_now()
-        time.sleep(0.2)
+        return statuses(server, "m") == [(1, "END"), (2, "AVAILABLE")]
+
+    wait_until(version_2_serves, 30, 0.2, seen=lambda: statuses(server, "m"))
 
 
 def test_a_models_folder_that_disappears_keeps_what_is_loaded_serving(

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from cityseg import vocabulary as V
+from polling import wait_until
 from serving import client as C
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -339,22 +340,18 @@ def test_new_version_swaps_in_under_load_without_failures(server, models_dir):
     try:
         time.sleep(0.3)
         export_model(tiny_model(2), models_dir, "swap", stride=1, version=2)
-        deadline = time.monotonic() + 60
-        status = []
-        while time.monotonic() < deadline:
-            status = C.GrpcClient(f"localhost:{server.grpc_port}").model_status("swap")
-            if status == [(1, "END"), (2, "AVAILABLE")]:
-                break
-            time.sleep(0.1)
+        with C.GrpcClient(f"localhost:{server.grpc_port}") as watcher:
+            wait_until(lambda: watcher.model_status("swap") == [(1, "END"), (2, "AVAILABLE")],
+                       60, 0.1, seen=lambda: watcher.model_status("swap"))
         counts = [len(s) for s in seen]
-        while any(len(s) < c + 3 for s, c in zip(seen, counts)) and time.monotonic() < deadline:
-            time.sleep(0.05)  # a few more requests per thread after the swap
+        # A few more requests per thread after the swap.
+        wait_until(lambda: all(len(s) >= c + 3 for s, c in zip(seen, counts)), 60,
+                   seen=lambda: [len(s) for s in seen])
     finally:
         stop.set()
         for thread in threads:
             thread.join()
     assert failures == []
-    assert status == [(1, "END"), (2, "AVAILABLE")]
     for versions in seen:
         assert versions[0] == 1 and versions[-1] == 2
         assert versions == sorted(versions)  # never back to 1 once 2 answered

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import pytest
 from PIL import Image
 
 from cityseg import vocabulary as V
+from polling import wait_until
 
 MODEL_NAME = "tiny"
 SIZE = (96, 192)  # height, width of every synthetic raw image
@@ -239,17 +239,17 @@ class GunicornProxy:
 
         self.process = subprocess.Popen(self._argv, stdout=self._stdout,
                                         stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 90
-        while True:
+
+        def healthy() -> bool:
             assert self.process.poll() is None, (self.process.communicate()[0] or "")[-2000:]
             try:
                 # A connection made while the worker still boots waits in the listen queue.
-                if requests.get(f"{self.url}/healthz", timeout=10).status_code == 200:
-                    return self
+                return requests.get(f"{self.url}/healthz", timeout=10).status_code == 200
             except (requests.ConnectionError, requests.Timeout):
-                pass
-            assert time.monotonic() < deadline, "gunicorn did not answer within 90 s"
-            time.sleep(0.5)
+                return False
+
+        wait_until(healthy, 90, 0.5)
+        return self
 
     def __exit__(self, *exc_info) -> None:
         self.process.send_signal(signal.SIGTERM)
