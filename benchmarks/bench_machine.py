@@ -10,7 +10,9 @@ def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo, else what `platform` knows.
 
     Hosts under one name differ (fastscnn trained at 8-9 images/s on one "AMD EPYC" host of
-    this project and at 25 on another, family 26), so the family and model numbers follow it.
+    this project and at 25 on another, family 26), so the family and model numbers follow it,
+    and the bfloat16 instructions it has: mixed bfloat16 halved pspnet's training step on a
+    host with AMX and made it ten times slower on one without (`train_step.py`).
     """
     try:
         fields = {}
@@ -19,6 +21,8 @@ def cpu_model() -> str:
             fields.setdefault(key.strip(), value.strip())
         if fields.get("model name"):
             numbers = [f"{key} {fields[key]}" for key in ("cpu family", "model") if key in fields]
+            numbers += [flag for flag in ("avx512_bf16", "amx_bf16")
+                        if flag in fields.get("flags", "").split()]
             return fields["model name"] + (f" ({', '.join(numbers)})" if numbers else "")
     except OSError:
         pass

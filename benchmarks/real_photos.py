@@ -18,8 +18,8 @@ stride). Recipes:
   in the same run (`realtime.time_model`), so quality and latency come from one command;
 - one change from the default each (`ohem`, `weighted-ce`, `weighted-ohem`, `rotation-10`,
   `no-aux`, `crop-256x352-batch-4`, `lr-0.001`, `lr-0.003`, `scale-1-2`), to back or
-  overturn a default by measurement; `no-cache` trains without keeping decoded frames in memory (training
-  throughput at scale).
+  overturn a default by measurement; `no-cache` trains without keeping decoded frames in
+  memory (training throughput at scale).
 
 The development set of this project is CamVid laid out as a Cityscapes tree
 (`../shared/data/camvid-dev`, not part of the project): `val` scores frames of a sequence that

@@ -8,10 +8,10 @@ On 2 cores the images a training step processes per second decide how much a tim
 learns. For each network and variant (float32 without XLA, float32 with XLA, mixed bfloat16
 without XLA: XLA on CPU rejects the mixed gradients of dropout) this compiles the training step
 the trainer compiles (`cityseg-train`'s loss, AdamW, auxiliary heads), runs `--warmup` steps,
-then times `--steps` steps on random tensors, for every crop size and batch size given (no input pipeline: that is measured by
-`input_pipeline_bench.py`). Beside each: the network's forward FLOPs per image (TensorFlow's
-profiler), the achieved training GFLOP/s (about 3x forward FLOPs per image), and this CPU's
-float32 matmul GFLOP/s as the ceiling.
+then times `--steps` steps on random tensors, for every crop size and batch size given (no
+input pipeline: that is measured by `input_pipeline_bench.py`). Beside each: the network's
+forward FLOPs per image (TensorFlow's profiler), the achieved training GFLOP/s (about 3x
+forward FLOPs per image), and this CPU's float32 matmul GFLOP/s as the ceiling.
 
 Writes OUTPUT.json and OUTPUT.md.
 """
