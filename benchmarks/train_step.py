@@ -105,9 +105,9 @@ def to_markdown(result: dict[str, Any]) -> str:
     s, m = result["settings"], result["machine"]
     sweep = len(s["crops"]) > 1 or len(s["batches"]) > 1
     mixed = any(row["variant"] == "bfloat16" for row in result["rows"])
-    lines = ["# One training step on this CPU: "
-             + ("crop and batch sizes" if sweep
-                else "XLA and mixed precision" if mixed else "XLA on and off"), "",
+    title = s.get("title") or ("crop and batch sizes" if sweep
+                               else "XLA and mixed precision" if mixed else "XLA on and off")
+    lines = ["# One training step on this CPU: " + title, "",
              f"Generated {result['generated']} by `{result['command']}` on {m['nproc']} CPU cores "
              f"({m['cpu_model']}), TensorFlow {m.get('tensorflow')}.", "",
              f"- Random crops as a batch, the trainer's loss ({s.get('loss', 'ohem')} + auxiliary "
@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--title", default=None,
+                        help="the table's title after 'One training step on this CPU: ' "
+                             "(default: what it varies)")
     return parser
 
 
@@ -179,7 +182,7 @@ def _main(argv: Sequence[str] | None) -> int:
     result = {**result_header("train_step.py", argv), "matmul_gflops": ceiling,
               "settings": {"crops": ["x".join(map(str, c)) for c in args.crop],
                            "batches": args.batch, "warmup": args.warmup, "steps": args.steps,
-                           "loss": DEFAULT_LOSS},
+                           "loss": DEFAULT_LOSS, "title": args.title},
               "rows": rows}
     write_result(args.output, result, to_markdown(result))
     return 0

@@ -51,6 +51,7 @@ COMMANDS = {
     "train_step": TRAIN_STEP,
     "train_step_sizes": TRAIN_STEP,
     "train_step_xla": TRAIN_STEP,
+    "train_step_amx": TRAIN_STEP,
     "server_hardening": "python benchmarks/server_hardening.py",
     "proxy_slow_clients": "python benchmarks/proxy_slow_clients.py",
     "proxy_footprint": "python benchmarks/proxy_footprint.py",
@@ -59,9 +60,9 @@ COMMANDS = {
 FLOORS = {"colour-baseline": "a per-pixel colour classifier",
           "seed-recipe": "the seed's recipe under the same budget"}
 # Benchmarks that write their own markdown next to the JSON: the report includes it as it is.
-MARKDOWN_SECTIONS = ("recipes", "learning_rate", "train_step", "train_step_xla", "unet_xla",
-                     "train_step_sizes", "train_cache", "job_scaling_quiet", "job_scaling",
-                     "server_hardening")
+MARKDOWN_SECTIONS = ("recipes", "learning_rate", "train_step", "train_step_amx",
+                     "train_step_xla", "unet_xla", "train_step_sizes", "train_cache",
+                     "job_scaling_quiet", "job_scaling", "server_hardening")
 
 
 def load(name: str) -> dict[str, Any] | None:
