@@ -121,7 +121,9 @@ class TrainConfig:
                              "decoded, resized examples in memory (needed when they do not "
                              "fit: about H*W*4 bytes per image, 1.6 GB for Cityscapes train at "
                              "256x512)", names=("--no-cache",), action="store_false")
-    mixed_precision: bool = flag(False, "mixed_float16 on GPU, mixed_bfloat16 on CPU",
+    mixed_precision: bool = flag(False, "mixed_float16 on GPU, mixed_bfloat16 on CPU (on a CPU "
+                                        "it pays only with AMX, and for pspnet and unet: "
+                                        "docs/benchmarks/train_step_amx.md)",
                                  action="store_true")
     jit_compile: bool | None = flag(
         None, "compile with XLA", names=("--jit",), action="store_true",
