@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--title", default=None,
                         help="the table's title after 'One training step on this CPU: ' "
-                             "(default: what it varies)")
+                             "(default: what the table varies)")
     return parser
 
 

@@ -29,7 +29,16 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults and keeps the examples in the epilog as written."""
+    """Shows defaults and keeps the examples in the epilog as written.
+
+    A default of None is not shown: "(default: None)" tells nothing, and the help of such an
+    option says itself what happens when it is not given.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def setup_logging(verbose: bool = False) -> None:

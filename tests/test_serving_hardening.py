@@ -416,6 +416,7 @@ def test_a_version_copied_non_atomically_is_retried_and_its_failure_logged_once(
     for item in (root / "m" / "1").iterdir():  # the rest of the copy arrives
         if item.name != "saved_model.pb":
             (shutil.copytree if item.is_dir() else shutil.copy)(item, version / item.name)
+
     def version_2_serves() -> bool:
         server.poll_now()
         return statuses(server, "m") == [(1, "END"), (2, "AVAILABLE")]
