@@ -12,8 +12,9 @@ stride). Recipes:
 - `seed-recipe`: the seed project's recipe (U-Net 64..1024, every frame squashed to 128x128,
   no augmentation, plain cross-entropy, constant learning rate), the same budget;
 - `colour-baseline`: a per-pixel colour classifier (`training.baselines`), no training budget;
-- `model-unet`, `model-pspnet`, `model-fcn8`: the default recipe with another architecture
-  (with `default`, the trainer's default model, that is the model comparison); with
+- `model-unet`, `model-pspnet`, `model-fcn8`, `model-fastscnn`, `model-fastscnn_s4`: the
+  default recipe with a given architecture (with `default`, the trainer's default model, that
+  is the model comparison); with
   `--latency-runs N` each architecture's exported SavedModel is also timed on a 2048x1024 PNG
   in the same run (`realtime.time_model`), so quality and latency come from one command;
 - one change from the default each (`ohem`, `weighted-ce`, `weighted-ohem`, `rotation-10`,
@@ -77,7 +78,8 @@ RECIPES: dict[str, list[str]] = {
     "scale-1-2": ["--scale-range", "1,2"],
     # The model comparison: the default recipe with another architecture (`default` is the
     # trainer's default model).
-    **{f"model-{name}": ["--model", name] for name in ("unet", "pspnet", "fcn8")},
+    **{f"model-{name}": ["--model", name]
+       for name in ("unet", "pspnet", "fcn8", "fastscnn", "fastscnn_s4")},
     # unet compiled with XLA: its bare step is faster (train_step_xla.md); is its training?
     "model-unet-xla": ["--model", "unet", "--jit"],
 }

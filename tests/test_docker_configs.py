@@ -22,7 +22,7 @@ from serving import client as C
 from serving import config as cfg
 
 DOCKER = Path(__file__).resolve().parent.parent / "docker"
-MODEL_NAMES = {"unet", "pspnet", "fcn8", "fastscnn"}
+MODEL_NAMES = {"unet", "pspnet", "fcn8", "fastscnn", "fastscnn_s4"}
 LABELLED = "fastscnn"  # the default model: the one with stable/canary versions
 
 

@@ -147,7 +147,7 @@ def test_not_a_run_fails_with_one_line(tmp_path, capsys):
     assert code == 2 and "neither best.keras" in err
 
 
-@pytest.mark.parametrize("name", ["unet", "pspnet", "fcn8", "fastscnn"])
+@pytest.mark.parametrize("name", ["unet", "pspnet", "fcn8", "fastscnn", "fastscnn_s4"])
 def test_every_architecture_exports_and_serves_any_size(name, tmp_path):
     """The serving graph sees unknown heights and widths: every builder must trace there."""
     import tensorflow as tf
@@ -155,7 +155,7 @@ def test_every_architecture_exports_and_serves_any_size(name, tmp_path):
     from training.export import export_model
     from training.models import MODEL_BUILDERS, build_model, model_stride
 
-    assert set(MODEL_BUILDERS) == {"unet", "pspnet", "fcn8", "fastscnn"}
+    assert set(MODEL_BUILDERS) == {"unet", "pspnet", "fcn8", "fastscnn", "fastscnn_s4"}
     stride = model_stride(name)
     model = build_model(name, width=4)
     version = export_model(model, tmp_path, name, stride=stride)

@@ -8,7 +8,7 @@ from cityseg import vocabulary as V
 from training import models
 
 # Tiny widths keep every test fast; the architecture is the same at any width.
-TINY = {"unet": 4, "pspnet": 4, "fcn8": 2, "fastscnn": 8}
+TINY = {"unet": 4, "pspnet": 4, "fcn8": 2, "fastscnn": 8, "fastscnn_s4": 8}
 SIZES = [(64, 128), (96, 160)]
 
 
@@ -53,17 +53,34 @@ def test_float32_logits_under_mixed_precision(name):
 
 
 def test_registry_errors_and_strides():
-    with pytest.raises(ValueError, match=r"unknown model 'segformer' \(choose from unet, pspnet, fcn8, fastscnn\)"):
+    with pytest.raises(ValueError, match=r"unknown model 'segformer' \(choose from unet, pspnet, fcn8, fastscnn, "
+                                         r"fastscnn_s4\)"):
         models.build_model("segformer")
     with pytest.raises(ValueError, match="unknown model"):
         models.model_stride("segformer")
     assert {n: models.model_stride(n) for n in models.MODEL_BUILDERS} == {
-        "unet": 16, "pspnet": 8, "fcn8": 32, "fastscnn": 32}
+        "unet": 16, "pspnet": 8, "fcn8": 32, "fastscnn": 32, "fastscnn_s4": 32}
     assert models.DEFAULT_MODEL in models.MODEL_BUILDERS
     with pytest.raises(ValueError, match="width"):
         models.build_unet(width=-1)
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         models.build_pspnet(width=4, weights="/nonexistent/weights.weights.h5")
+
+
+def test_fastscnn_s4_is_fastscnn_plus_a_stride_4_classifier():
+    """The paper's network stays as the paper builds it; the variant only adds the detail head."""
+    paper = {layer.name for layer in models.build_model("fastscnn", width=8).layers}
+    variant = models.build_model("fastscnn_s4", width=8)
+    extra = {layer.name for layer in variant.layers} - paper
+    assert paper <= {layer.name for layer in variant.layers}
+    assert extra and all(name.startswith("detail_") for name in extra)
+    # The classifier reads stride 4: the layer before the final resize is at H/4 x W/4.
+    assert tuple(variant.get_layer("classifier").output.shape[1:3]) == (None, None)
+    probe = keras.Model(variant.input, variant.get_layer("classifier").output)
+    assert probe(np.zeros((1, 64, 96, 3), "float32")).shape == (1, 16, 24, V.NUM_CATEGORIES)
+    paper_probe = models.build_model("fastscnn", width=8)
+    paper_probe = keras.Model(paper_probe.input, paper_probe.get_layer("classifier").output)
+    assert paper_probe(np.zeros((1, 64, 96, 3), "float32")).shape == (1, 8, 12, V.NUM_CATEGORIES)
 
 
 def test_fixed_input_shape_gives_static_output_shape():
@@ -153,7 +170,7 @@ def test_fcn8_imports_imagenet_vgg16_weights_from_a_local_no_top_file(tmp_path):
         models.build_model("fcn8", width=16, weights=str(path))
 
 
-@pytest.mark.parametrize("name", ["fastscnn", "pspnet"])
+@pytest.mark.parametrize("name", ["fastscnn", "fastscnn_s4", "pspnet"])
 def test_aux_heads_add_their_losses_and_leave_the_inference_model_alone(name):
     """The papers' auxiliary losses: weight 0.4, trained, and absent from the exported model."""
     import numpy as np

@@ -464,7 +464,7 @@ def camera_data(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,width", [("unet", 4), ("pspnet", 4), ("fcn8", 2),
-                                        ("fastscnn", 8)])
+                                        ("fastscnn", 8), ("fastscnn_s4", 8)])
 def test_one_training_step_of_every_architecture_on_360x480_records(
         name, width, camera_data, tmp_path):
     """No resizing by hand: crops a multiple of the stride, validation on the whole frame."""

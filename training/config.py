@@ -71,7 +71,8 @@ class TrainConfig:
     data_dir: str = flag("", "output of cityseg-preprocess (tfrecords/, stats.json)")
     output_dir: str = flag("", "the RUN folder (see the layout below)")
     model: str | None = flag(None, "a name in training.models.MODEL_BUILDERS: fastscnn, "
-                                   "pspnet, unet or fcn8 (default: fastscnn, the only one "
+                                   "fastscnn_s4 (Fast-SCNN classifying at stride 4), pspnet, "
+                                   "unet or fcn8 (default: fastscnn, the only one "
                                    "within the real-time target: benchmarks/realtime.py)")
     width: int | None = flag(None, "filters of the first conv (default: the model's own)",
                              type=int)

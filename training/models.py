@@ -18,6 +18,7 @@ checkpoints reload with `keras.saving.load_model` once this module is imported.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Callable
@@ -34,6 +35,7 @@ from cityseg import vocabulary as V
 # inference-time statistics still lag the weights, which shows as an erratic val loss.
 BN_MOMENTUM = 0.9
 PYRAMID_BINS = (1, 2, 3, 6)
+DETAIL_FILTERS = 48  # fastscnn_s4's stride-4 classifier
 _SERIALIZABLE_PACKAGE = "cityseg"
 
 
@@ -220,6 +222,10 @@ def build_pspnet(num_classes: int = V.NUM_CATEGORIES, *, input_shape=(None, None
       input_shape: (H, W, 3); H and W None or divisible by 8 (any such size works).
       width: filters of the stem; default 32 (the deepest stage has 8x).
       weights: path of a weights file saved from this architecture.
+      detail: `fastscnn_s4`, not in the paper: the classifier's features, upsampled to stride
+        4, meet the first downsampling's stride-4 features (1x1 projected, added), and one
+        more DSConv classifies there; upsampled x4. For thin objects (poles, signs), which
+        are narrower than a stride-8 cell at CamVid's 360x480.
     """
     width = width or 32
     _check(num_classes, width, input_shape)
@@ -302,7 +308,8 @@ def build_fcn8(num_classes: int = V.NUM_CATEGORIES, *, input_shape=(None, None, 
 
 
 def build_fastscnn(num_classes: int = V.NUM_CATEGORIES, *, input_shape=(None, None, 3),
-                   width: int | None = None, weights: str | None = None) -> keras.Model:
+                   width: int | None = None, weights: str | None = None,
+                   detail: bool = False) -> keras.Model:
     """Fast-SCNN (Poudel et al. 2019), the real-time model: ~1.1 M parameters at width 32.
 
     Learning to downsample (conv + 2 DSConv, stride 8) -> global feature extractor (inverted
@@ -314,6 +321,10 @@ def build_fastscnn(num_classes: int = V.NUM_CATEGORIES, *, input_shape=(None, No
       input_shape: (H, W, 3); H and W None or divisible by 32.
       width: filters of the first conv; default 32 as in the paper (the rest scale).
       weights: path of a weights file saved from this architecture.
+      detail: `fastscnn_s4`, not in the paper: the classifier's features, upsampled to stride
+        4, meet the first downsampling's stride-4 features (1x1 projected, added), and one
+        more DSConv classifies there; upsampled x4. For thin objects (poles, signs), which
+        are narrower than a stride-8 cell at CamVid's 360x480.
     """
     width = width or 32
     _check(num_classes, width, input_shape)
@@ -321,8 +332,8 @@ def build_fastscnn(num_classes: int = V.NUM_CATEGORIES, *, input_shape=(None, No
     inputs = keras.Input(input_shape, name=V.INPUT_KEY)
     # Learning to downsample.
     x = conv_bn_relu(inputs, _scaled(32, s), strides=2, name="ltd_conv")
-    x = separable_conv_bn_relu(x, _scaled(48, s), strides=2, name="ltd_ds1")
-    high_res = separable_conv_bn_relu(x, _scaled(64, s), strides=2, name="ltd_ds2")
+    stride4 = separable_conv_bn_relu(x, _scaled(48, s), strides=2, name="ltd_ds1")
+    high_res = separable_conv_bn_relu(stride4, _scaled(64, s), strides=2, name="ltd_ds2")
     # Global feature extractor.
     x = high_res
     for stage, (filters, strides) in enumerate(((64, 2), (96, 2), (128, 1))):
@@ -346,8 +357,17 @@ def build_fastscnn(num_classes: int = V.NUM_CATEGORIES, *, input_shape=(None, No
     # Classifier.
     x = separable_conv_bn_relu(x, fused, name="cls_ds1")
     x = separable_conv_bn_relu(x, fused, name="cls_ds2")
+    if detail:
+        filters = _scaled(DETAIL_FILTERS, s)
+        x = conv_bn_relu(x, filters, 1, name="detail_context")
+        x = ResizeLike(name="detail_up")([x, stride4])
+        fine = layers.Conv2D(filters, 1, use_bias=False, name="detail_project")(stride4)
+        fine = layers.BatchNormalization(momentum=BN_MOMENTUM, name="detail_project_bn")(fine)
+        x = layers.ReLU(name="detail_relu")(layers.Add(name="detail_add")([x, fine]))
+        x = separable_conv_bn_relu(x, filters, name="detail_ds")
     x = layers.Dropout(0.1, name="cls_dropout")(x)
-    model = keras.Model(inputs, logits_head(x, num_classes, reference=inputs), name="fastscnn")
+    model = keras.Model(inputs, logits_head(x, num_classes, reference=inputs),
+                        name="fastscnn_s4" if detail else "fastscnn")
     return _load_weights(model, weights)
 
 
@@ -409,9 +429,11 @@ MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "pspnet": build_pspnet,
     "fcn8": build_fcn8,
     "fastscnn": build_fastscnn,
+    "fastscnn_s4": functools.partial(build_fastscnn, detail=True),
 }
 # Input H and W must be multiples of this (the deepest downsampling of each model).
-MODEL_STRIDES: dict[str, int] = {"unet": 16, "pspnet": 8, "fcn8": 32, "fastscnn": 32}
+MODEL_STRIDES: dict[str, int] = {"unet": 16, "pspnet": 8, "fcn8": 32, "fastscnn": 32,
+                                 "fastscnn_s4": 32}
 # The real-time model is the default: it answers a 2048x1024 frame several times faster than
 # the seed's models on this CPU and, for the same training minutes, sees several times more
 # images (docs/benchmarks/model_comparison.md holds the real-photo comparison).
@@ -424,6 +446,7 @@ DEFAULT_MODEL = "fastscnn"
 # backbone (their res4b22). Training only: the exported and evaluated model is the main head.
 AUX_HEAD_INPUTS: dict[str, tuple[str, ...]] = {
     "fastscnn": ("ltd_ds2_relu", "gfe_ppm_project_relu"),
+    "fastscnn_s4": ("ltd_ds2_relu", "gfe_ppm_project_relu"),
     "pspnet": ("dilated1_add",),
 }
 AUX_LOSS_WEIGHT = 0.4
