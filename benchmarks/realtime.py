@@ -1,6 +1,6 @@
 """Real time: one 2048x1024 PNG through an exported model's signature vs `tf.io.decode_png`.
 
-    python benchmarks/realtime.py --models fastscnn,pspnet,unet,fcn8 --max-long-side 1024
+    python benchmarks/realtime.py --models fastscnn_s4,fastscnn,pspnet,unet,fcn8 --max-long-side 1024
 
 For each architecture, `training.export.export_model` writes the SavedModel exactly as
 `cityseg-export` does (a trained run's weights with `--run NAME=RUN`, else freshly initialised
@@ -141,7 +141,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="realtime", description=__doc__.split("\n")[0],
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--models", default="fastscnn,pspnet,unet,fcn8")
+    parser.add_argument("--models", default="fastscnn_s4,fastscnn,pspnet,unet,fcn8")
     parser.add_argument("--run", action="append", default=[], metavar="NAME=RUN",
                         help="time this training run's best.keras for model NAME")
     parser.add_argument("--max-long-side", type=int, default=1024)

@@ -3,7 +3,7 @@
 # training -> export into /models (the folder tensorflow/serving mounts).
 # Settings: CITYSEG_MODEL, CITYSEG_IMAGE_SIZE, CITYSEG_TRAIN_MINUTES (see the Dockerfile).
 set -euo pipefail
-MODEL="${CITYSEG_MODEL:-fastscnn}"
+MODEL="${CITYSEG_MODEL:-fastscnn_s4}"
 SIZE="${CITYSEG_IMAGE_SIZE:-256x512}"
 MINUTES="${CITYSEG_TRAIN_MINUTES:-10}"
 

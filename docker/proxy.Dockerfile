@@ -18,4 +18,4 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/healthz', timeout=4)"
 # --host 0.0.0.0: the proxy binds to localhost by default, unreachable from outside a container.
 CMD ["cityseg-proxy", "--data-dir", "/data", "--raw-root", "/raw", "--serving", "tfserving:8500", \
-     "--model", "fastscnn", "--host", "0.0.0.0", "--port", "5000"]
+     "--model", "fastscnn_s4", "--host", "0.0.0.0", "--port", "5000"]

@@ -7,7 +7,7 @@
 set -euo pipefail
 
 OUT=${1:-demo-out}
-MODEL=${DEMO_MODEL:-fastscnn}
+MODEL=${DEMO_MODEL:-fastscnn_s4}
 TRAIN_MINUTES=${DEMO_TRAIN_MINUTES:-2}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)

@@ -42,6 +42,7 @@ COMMANDS = {
     "proxy_load": "python benchmarks/proxy_load.py",
     "setup_times": "python benchmarks/setup_times.py",
     "recipes": REAL_PHOTOS,
+    "scale_range": REAL_PHOTOS,
     "learning_rate": REAL_PHOTOS,
     "train_cache": REAL_PHOTOS,
     "unet_xla": REAL_PHOTOS,
@@ -52,6 +53,7 @@ COMMANDS = {
     "train_step_sizes": TRAIN_STEP,
     "train_step_xla": TRAIN_STEP,
     "train_step_amx": TRAIN_STEP,
+    "train_step_s4": TRAIN_STEP,
     "server_hardening": "python benchmarks/server_hardening.py",
     "proxy_slow_clients": "python benchmarks/proxy_slow_clients.py",
     "proxy_footprint": "python benchmarks/proxy_footprint.py",
@@ -60,8 +62,8 @@ COMMANDS = {
 FLOORS = {"colour-baseline": "a per-pixel colour classifier",
           "seed-recipe": "the seed's recipe under the same budget"}
 # Benchmarks that write their own markdown next to the JSON: the report includes it as it is.
-MARKDOWN_SECTIONS = ("recipes", "learning_rate", "train_step", "train_step_amx",
-                     "train_step_xla", "unet_xla", "train_step_sizes", "train_cache",
+MARKDOWN_SECTIONS = ("recipes", "learning_rate", "scale_range", "train_step", "train_step_amx",
+                     "train_step_s4", "train_step_xla", "unet_xla", "train_step_sizes", "train_cache",
                      "job_scaling_quiet", "job_scaling", "server_hardening")
 
 

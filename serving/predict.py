@@ -1,6 +1,6 @@
 """`cityseg-predict`: segments image files through a model server, writes mask PNGs.
 
-    cityseg-predict --server localhost:8500 --model fastscnn street.png -o masks/
+    cityseg-predict --server localhost:8500 --model fastscnn_s4 street.png -o masks/
 
 Talks gRPC by default (or REST with --rest) to cityseg-serve or tensorflow/serving.
 """
@@ -19,7 +19,7 @@ log = logging.getLogger("cityseg.predict")
 
 EPILOG = """\
 examples:
-  cityseg-predict --server localhost:8500 --model fastscnn a.png b.png -o masks
+  cityseg-predict --server localhost:8500 --model fastscnn_s4 a.png b.png -o masks
   cityseg-predict --server localhost:8501 --rest --model unet --color frame.png
   cityseg-predict --server tfserving:8500 --model unet --version 2 --timeout 30 frame.jpg
 """

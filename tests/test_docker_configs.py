@@ -23,7 +23,7 @@ from serving import config as cfg
 
 DOCKER = Path(__file__).resolve().parent.parent / "docker"
 MODEL_NAMES = {"unet", "pspnet", "fcn8", "fastscnn", "fastscnn_s4"}
-LABELLED = "fastscnn"  # the default model: the one with stable/canary versions
+LABELLED = "fastscnn_s4"  # the default model: the one with stable/canary versions
 
 
 def test_models_config_is_a_model_server_config():

@@ -72,8 +72,9 @@ class TrainConfig:
     output_dir: str = flag("", "the RUN folder (see the layout below)")
     model: str | None = flag(None, "a name in training.models.MODEL_BUILDERS: fastscnn, "
                                    "fastscnn_s4 (Fast-SCNN classifying at stride 4), pspnet, "
-                                   "unet or fcn8 (default: fastscnn, the only one "
-                                   "within the real-time target: benchmarks/realtime.py)")
+                                   "unet or fcn8 (default: fastscnn_s4, the most accurate on "
+                                   "real photos within the real-time target: "
+                                   "benchmarks/real_photos.py, realtime.py)")
     width: int | None = flag(None, "filters of the first conv (default: the model's own)",
                              type=int)
     image_size: tuple[int, int] | None = flag(

@@ -178,8 +178,8 @@ def write_warmup_requests(export_dir: str | os.PathLike, name: str,
 
 EXPORT_EPILOG = """\
 examples:
-  # export the best model of a training run as the next version of "fastscnn"
-  cityseg-export --run-dir runs/fastscnn --models-dir models --name fastscnn
+  # export the best model of a training run as the next version of "fastscnn_s4"
+  cityseg-export --run-dir runs/fastscnn_s4 --models-dir models --name fastscnn_s4
 
   # pin the version and attach evaluation metrics written by cityseg-evaluate
   cityseg-export --run-dir runs/unet --models-dir models --name unet --version 3 \\

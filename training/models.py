@@ -1,6 +1,7 @@
-"""Keras 3 segmentation models: U-Net, PSPNet, FCN-8s and Fast-SCNN.
+"""Keras 3 segmentation models: U-Net, PSPNet, FCN-8s, Fast-SCNN and fastscnn_s4.
 
-Every builder has one signature,
+`fastscnn_s4` (the default) is Fast-SCNN with its classifier at stride 4 instead of 8
+(`build_fastscnn(detail=True)`). Every registered builder is called the same way,
 
     build_<name>(num_classes=8, *, input_shape=(None, None, 3), width=None, weights=None)
 
@@ -222,10 +223,6 @@ def build_pspnet(num_classes: int = V.NUM_CATEGORIES, *, input_shape=(None, None
       input_shape: (H, W, 3); H and W None or divisible by 8 (any such size works).
       width: filters of the stem; default 32 (the deepest stage has 8x).
       weights: path of a weights file saved from this architecture.
-      detail: `fastscnn_s4`, not in the paper: the classifier's features, upsampled to stride
-        4, meet the first downsampling's stride-4 features (1x1 projected, added), and one
-        more DSConv classifies there; upsampled x4. For thin objects (poles, signs), which
-        are narrower than a stride-8 cell at CamVid's 360x480.
     """
     width = width or 32
     _check(num_classes, width, input_shape)
@@ -321,10 +318,11 @@ def build_fastscnn(num_classes: int = V.NUM_CATEGORIES, *, input_shape=(None, No
       input_shape: (H, W, 3); H and W None or divisible by 32.
       width: filters of the first conv; default 32 as in the paper (the rest scale).
       weights: path of a weights file saved from this architecture.
-      detail: `fastscnn_s4`, not in the paper: the classifier's features, upsampled to stride
-        4, meet the first downsampling's stride-4 features (1x1 projected, added), and one
-        more DSConv classifies there; upsampled x4. For thin objects (poles, signs), which
-        are narrower than a stride-8 cell at CamVid's 360x480.
+      detail: `fastscnn_s4`, not in the paper: the classifier's features, reduced to
+        DETAIL_FILTERS channels (1x1 conv) and upsampled to stride 4, meet the first
+        downsampling's stride-4 features (1x1 projected, added), and one more DSConv works
+        there before the 1x1 to class scores; upsampled x4. For thin objects (poles, signs),
+        which are narrower than a stride-8 cell at CamVid's 360x480.
     """
     width = width or 32
     _check(num_classes, width, input_shape)
@@ -434,10 +432,12 @@ MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
 # Input H and W must be multiples of this (the deepest downsampling of each model).
 MODEL_STRIDES: dict[str, int] = {"unet": 16, "pspnet": 8, "fcn8": 32, "fastscnn": 32,
                                  "fastscnn_s4": 32}
-# The real-time model is the default: it answers a 2048x1024 frame several times faster than
-# the seed's models on this CPU and, for the same training minutes, sees several times more
-# images (docs/benchmarks/model_comparison.md holds the real-photo comparison).
-DEFAULT_MODEL = "fastscnn"
+# The default is the best real-photo mean IoU among the models whose export answers a
+# 2048x1024 frame in real time (docs/benchmarks/real_photos.md, realtime.md): Fast-SCNN with
+# the stride-4 classifier, 0.729 against the paper's 0.716 on CamVid val in 20 minutes, 3.2x
+# decode_png against 3.0x. The seed's models are several times slower on this CPU and, for
+# the same training minutes, see several times fewer images (model_comparison_real.md).
+DEFAULT_MODEL = "fastscnn_s4"
 
 
 # Auxiliary heads the papers train with (weight 0.4 each), by the layer whose output they read:
