@@ -430,8 +430,11 @@ MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "fastscnn_s4": functools.partial(build_fastscnn, detail=True),
 }
 # Input H and W must be multiples of this (the deepest downsampling of each model).
-MODEL_STRIDES: dict[str, int] = {"unet": 16, "pspnet": 8, "fcn8": 32, "fastscnn": 32,
-                                 "fastscnn_s4": 32}
+MODEL_STRIDES: dict[str, int] = {"unet": 16, "pspnet": 8, "fcn8": 32, "fastscnn": 32}
+# Variants of a registered network: what is not the builder's (stride, auxiliary heads) is the
+# base network's.
+VARIANT_OF = {"fastscnn_s4": "fastscnn"}
+MODEL_STRIDES.update({variant: MODEL_STRIDES[base] for variant, base in VARIANT_OF.items()})
 # The default is the best real-photo mean IoU among the models whose export answers a
 # 2048x1024 frame in real time (docs/benchmarks/real_photos.md, realtime.md): Fast-SCNN with
 # the stride-4 classifier, 0.729 against the paper's 0.716 on CamVid val in 20 minutes, 3.2x
@@ -446,9 +449,10 @@ DEFAULT_MODEL = "fastscnn_s4"
 # backbone (their res4b22). Training only: the exported and evaluated model is the main head.
 AUX_HEAD_INPUTS: dict[str, tuple[str, ...]] = {
     "fastscnn": ("ltd_ds2_relu", "gfe_ppm_project_relu"),
-    "fastscnn_s4": ("ltd_ds2_relu", "gfe_ppm_project_relu"),
     "pspnet": ("dilated1_add",),
 }
+AUX_HEAD_INPUTS.update({variant: AUX_HEAD_INPUTS[base] for variant, base in VARIANT_OF.items()
+                        if base in AUX_HEAD_INPUTS})
 AUX_LOSS_WEIGHT = 0.4
 
 
