@@ -76,6 +76,9 @@ RECIPES: dict[str, list[str]] = {
     # Frames never shrunk in training: thin poles and signs kept at their size or larger, and
     # no crop padded with void (a 360x480 frame at scale 0.5 fills half a 256x352 crop).
     "scale-1-2": ["--scale-range", "1,2"],
+    # Validation and best.keras on a moving average of the weights (about the last 100 steps,
+    # two epochs of CamVid train): steadier than the last step's weights?
+    "ema-0.99": ["--ema", "0.99"],
     # The model comparison: the default recipe with another architecture (`default` is the
     # trainer's default model).
     **{f"model-{name}": ["--model", name]

@@ -221,21 +221,27 @@ def test_training_writes_the_run_layout(trained_run):
 
 
 @pytest.mark.slow
-def test_best_checkpoint_is_the_best_epoch(trained_run, toy_data):
+def _best_checkpoint_score(run: Path, data_dir: Path) -> float:
+    """best.keras's mean IoU on val, batched as the trainer validates."""
     import keras
 
     from training import data, metrics, models  # noqa: F401  (registers the custom layers)
 
-    model = keras.saving.load_model(trained_run / "best.keras", compile=False)
+    model = keras.saving.load_model(run / "best.keras", compile=False)
     metric = metrics.MeanIoU()
     # The trainer's order and batches (seeded = a fixed order): CPU kernels' results depend on
     # the batch a frame is in.
-    for images, labels in data.make_dataset(toy_data, "val", batch_size=4, image_size=(32, 64),
+    for images, labels in data.make_dataset(data_dir, "val", batch_size=4, image_size=TOY_SIZE,
                                             seed=0):
         metric.update_state(labels, model(images, training=False))
+    return float(metric.result())
+
+
+def test_best_checkpoint_is_the_best_epoch(trained_run, toy_data):
+    score = _best_checkpoint_score(trained_run, toy_data)
     summary = json.loads((trained_run / "summary.json").read_text())
-    assert float(metric.result()) == pytest.approx(summary["best_val_mean_iou"], abs=1e-4)
-    assert float(metric.result()) > 0.0
+    assert score == pytest.approx(summary["best_val_mean_iou"], abs=1e-4)
+    assert score > 0.0
 
 
 @pytest.mark.slow
@@ -286,6 +292,72 @@ def test_resume_cannot_change_the_architecture(trained_run, capsys):
     assert "cannot change width" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_resume_cannot_add_a_weight_average(trained_run, capsys):
+    from training import train
+
+    assert train.main(["--output-dir", str(trained_run), "--resume", "--ema", "0.9"]) == 2
+    assert "cannot turn --ema on or off (0.0 -> 0.9)" in capsys.readouterr().err
+
+
+def test_ema_weights_are_in_the_model_only_for_the_callbacks_inside_the_window():
+    import keras
+
+    from training import callbacks as cb
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.AdamW(0.1, use_ema=True, ema_momentum=0.9),
+                  loss="mse")
+    seen: dict[str, list[list[np.ndarray]]] = {"before": [], "inside": [], "after": []}
+
+    def recorder(where):
+        return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen[where].append(
+            [np.array(w) for w in model.get_weights()]))
+
+    def averages():
+        return [np.array(v) for v in model.optimizer._model_variables_moving_average]
+
+    inside_averages = []
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
+    model.fit(x, x[:, :2] * 3.0, batch_size=8, epochs=3, verbose=0, callbacks=[
+        recorder("before"),
+        *cb.with_ema_weights([recorder("inside"), keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: inside_averages.append(averages()))]),
+        recorder("after")])
+
+    # Before the last epoch: the average inside (the trained weights parked in the optimizer's
+    # slots meanwhile), the trained weights outside, and the two differ. Keras swaps by
+    # additions (no third copy), which may round the last bit.
+    for epoch in (0, 1):
+        for before, inside, after, parked in zip(seen["before"][epoch], seen["inside"][epoch],
+                                                 seen["after"][epoch], inside_averages[epoch]):
+            np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(parked, before, rtol=1e-6, atol=1e-7)
+            assert not np.allclose(inside, before, rtol=1e-3)
+    # Training went on from the trained weights, not from the average.
+    assert not np.allclose(seen["before"][1][0], seen["inside"][0][0])
+
+
+@pytest.mark.slow
+def test_with_ema_best_checkpoint_holds_the_average_that_validation_scored(toy_data, tmp_path):
+    from training import train
+
+    run, plain = tmp_path / "ema", tmp_path / "plain"
+    assert train.main(base_args(toy_data, run, "--epochs", "2", "--ema", "0.5")) == 0
+    assert train.main(base_args(toy_data, plain, "--epochs", "2")) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert _best_checkpoint_score(run, toy_data) == pytest.approx(summary["best_val_mean_iou"],
+                                                                  abs=1e-4)
+    assert json.loads((run / "config.json").read_text())["ema"] == 0.5
+    # The same first epoch of training (same seed, the average does not steer it), but
+    # validated on other weights: the average.
+    ema_epoch, plain_epoch = _history(run)[0], _history(plain)[0]
+    assert float(ema_epoch["loss"]) == pytest.approx(float(plain_epoch["loss"]), rel=1e-6)
+    assert float(ema_epoch["val_loss"]) != pytest.approx(float(plain_epoch["val_loss"]),
+                                                         rel=1e-3)
+
+
 def test_starting_over_an_existing_run_without_resume_is_refused(toy_data, tmp_path, capsys):
     from training import train
 
@@ -305,6 +377,7 @@ def test_starting_over_an_existing_run_without_resume_is_refused(toy_data, tmp_p
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--epochs", "-1"], "--epochs must be positive"),
     (["--time-limit", "0"], "--time-limit must be positive"),
+    (["--ema", "1"], "--ema must be a momentum in [0, 1)"),
     (["--val-split", "test"], "no TFRecord shards for split 'test'"),
 ])
 def test_impossible_configs_fail_with_one_line(change, message, toy_data, tmp_path, capsys):
@@ -424,7 +497,7 @@ def test_help_has_examples(capsys):
     assert "examples:" in out and "--time-limit" in out and "TF_CONFIG" in out
     before = ("--data-dir --output-dir --model --width --image-size --crop-size --scale-range "
               "--rotation --batch-size --epochs --steps-per-epoch --validation-steps "
-              "--learning-rate --lr --lr-schedule --warmup --weight-decay --loss --no-aux "
+              "--learning-rate --lr --lr-schedule --warmup --weight-decay --ema --loss --no-aux "
               "--train-void --no-augment --no-cache --mixed-precision --jit --no-jit "
               "--time-limit --seed --resume --train-split --val-split --weights --verbose")
     assert all(name in out for name in before.split())

@@ -267,6 +267,30 @@ class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
         super().set_model(self._inference_model)
 
 
+class _RestoreTrainedWeights(keras.callbacks.Callback):
+    """Closes the window that `SwapEMAWeights(swap_on_epoch=True)` opens at an epoch's end."""
+
+    def __init__(self, swap: keras.callbacks.SwapEMAWeights):
+        super().__init__()
+        self._swap = swap
+
+    def on_epoch_end(self, epoch, logs=None):
+        # What the swap itself does at the next epoch's start, done now.
+        self._swap.on_epoch_begin(epoch, logs)
+
+
+def with_ema_weights(callbacks: list[keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
+    """`callbacks` with the optimizer's moving average of the weights (`use_ema=True`) in the
+    model at each epoch's end: the weights validation scored (Keras' `SwapEMAWeights`).
+
+    Keras' own `swap_on_epoch=True` keeps the average in the model until the next epoch
+    begins, so every later callback (`BackupAndRestore` among them) would save the average as
+    the trained weights. Here the trained weights are back as soon as `callbacks` are done.
+    """
+    swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+    return [swap, *callbacks, _RestoreTrainedWeights(swap)]
+
+
 class CSVLogger(keras.callbacks.CSVLogger):
     """Keras' `CSVLogger`, also for a history file at a URL (RUN on gs:// or s3://).
 

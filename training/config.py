@@ -103,6 +103,10 @@ class TrainConfig:
                                "learning rate up", type=float, metavar="FRACTION")
     weight_decay: float = flag(1e-2, "AdamW's decoupled weight decay, not on biases and batch "
                                      "norm (0: plain Adam)", type=float)
+    ema: float = flag(0.0, "keep an exponential moving average of the weights, this momentum "
+                           "per step (e.g. 0.99); validation, best.keras and so the export use "
+                           "the average (0: off, the trained weights)", type=float,
+                      metavar="MOMENTUM")
     # Names (like --model's) are the keys of a registry that needs TensorFlow, so they are
     # checked once it is loaded (`check_registry_name`), not by argparse.
     loss: str = flag(DEFAULT_LOSS, "a key of training.losses.LOSSES (an unknown name lists "
@@ -235,6 +239,8 @@ def validate_config(cfg: TrainConfig) -> None:
         raise CliError(f"--warmup must be a fraction in [0, 1), not {cfg.warmup}")
     if not 0 <= cfg.weight_decay < 1:
         raise CliError(f"--weight-decay must be in [0, 1), not {cfg.weight_decay}")
+    if not 0 <= cfg.ema < 1:
+        raise CliError(f"--ema must be a momentum in [0, 1), not {cfg.ema}")
     if not cfg.learning_rate > 0 or not math.isfinite(cfg.learning_rate):
         raise CliError(f"--learning-rate must be positive, not {cfg.learning_rate}")
     if cfg.time_limit_minutes is not None and not cfg.time_limit_minutes > 0:
@@ -313,7 +319,8 @@ def merge_saved_config(cfg: TrainConfig, explicit: frozenset[str]) -> TrainConfi
     """The saved config of the run in `cfg.output_dir` with the explicit flags on top (--resume).
 
     Raises:
-      CliError: if there is nothing to resume or a flag would change the architecture.
+      CliError: if there is nothing to resume or a flag would change the architecture (or
+        whether the optimizer keeps a weight average).
     """
     from training import storage
 
@@ -329,6 +336,11 @@ def merge_saved_config(cfg: TrainConfig, explicit: frozenset[str]) -> TrainConfi
             given = list(given) if isinstance(given, tuple) else given
             if given != merged[name]:
                 raise CliError(f"--resume cannot change {name} ({merged[name]} -> {given})")
+        if name == "ema" and bool(cfg.ema) != bool(merged.get("ema", 0.0)):
+            # The average is optimizer state in the checkpoint: its momentum may change, not
+            # whether it exists.
+            raise CliError(f"--resume cannot turn --ema on or off ({merged.get('ema', 0.0)} "
+                           f"-> {cfg.ema})")
         merged[name] = getattr(cfg, name)
     merged["resume"] = True
     for name in ("image_size", "crop_size", "scale_range"):

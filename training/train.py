@@ -204,7 +204,9 @@ def _fit(cfg: TrainConfig, cluster, strategy, stats: dict[str, Any], out: str,
                 # The training model also reads the labels (for its auxiliary losses).
                 train_ds = train_ds.map(_labels_as_input)
                 val_ds = val_ds.map(_labels_as_input)
-            optimizer = keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay)
+            optimizer = keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                               use_ema=cfg.ema > 0,
+                                               ema_momentum=cfg.ema or 0.99)
             # Decay shrinks kernels; biases and batch-norm scales/offsets are left alone.
             optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
             model.compile(optimizer=optimizer, loss=loss,
@@ -223,15 +225,17 @@ def _fit(cfg: TrainConfig, cluster, strategy, stats: dict[str, Any], out: str,
                                      start=start, warmup=cfg.warmup)
         throughput = cb.Throughput(global_batch)
         progress_bar = sys.stderr.isatty() and cluster.is_chief
+        ema_window = cb.with_ema_weights if cfg.ema else list
         callbacks = [
             cb.EpochStats(),  # first: the callbacks after it see lr and seconds in the logs
             *([time_limit] if time_limit else []),
             schedule,
             throughput,
             # best.keras is the inference model (main head only): what evaluate and export use.
-            cb.BestModelCheckpoint(inference_model, storage.join(out, layout.BEST_MODEL_FILE),
-                                   monitor=MONITOR,
-                                   initial_value_threshold=done["best_val_mean_iou"]),
+            # With --ema it holds the averaged weights, the ones validation scored.
+            *ema_window([cb.BestModelCheckpoint(
+                inference_model, storage.join(out, layout.BEST_MODEL_FILE), monitor=MONITOR,
+                initial_value_threshold=done["best_val_mean_iou"])]),
             cb.CSVLogger(storage.join(out, layout.HISTORY_FILE), append=True),
             cb.EpochTensorBoard(storage.join(out, layout.TENSORBOARD_DIR)),
             # Weights, optimizer state and the epoch after each epoch: --resume, or a restart
