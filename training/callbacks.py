@@ -286,6 +286,8 @@ def with_ema_weights(callbacks: list[keras.callbacks.Callback]) -> list[keras.ca
     Keras' own `swap_on_epoch=True` keeps the average in the model until the next epoch
     begins, so every later callback (`BackupAndRestore` among them) would save the average as
     the trained weights. Here the trained weights are back as soon as `callbacks` are done.
+    After the last planned epoch Keras makes the average the trained weights (as `fit` does
+    when it ends), so a run resumed for more epochs goes on from the average.
     """
     swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
     return [swap, *callbacks, _RestoreTrainedWeights(swap)]
