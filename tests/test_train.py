@@ -220,7 +220,6 @@ def test_training_writes_the_run_layout(trained_run):
     assert config["steps_per_epoch"] == 4  # 16 train images / batch 4
 
 
-@pytest.mark.slow
 def _best_checkpoint_score(run: Path, data_dir: Path) -> float:
     """best.keras's mean IoU on val, batched as the trainer validates."""
     import keras
@@ -237,6 +236,7 @@ def _best_checkpoint_score(run: Path, data_dir: Path) -> float:
     return float(metric.result())
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_the_best_epoch(trained_run, toy_data):
     score = _best_checkpoint_score(trained_run, toy_data)
     summary = json.loads((trained_run / "summary.json").read_text())

@@ -225,17 +225,17 @@ def _fit(cfg: TrainConfig, cluster, strategy, stats: dict[str, Any], out: str,
                                      start=start, warmup=cfg.warmup)
         throughput = cb.Throughput(global_batch)
         progress_bar = sys.stderr.isatty() and cluster.is_chief
-        ema_window = cb.with_ema_weights if cfg.ema else list
+        # best.keras is the inference model (main head only): what evaluate and export use.
+        # With --ema it holds the averaged weights, the ones validation scored.
+        best = cb.BestModelCheckpoint(inference_model, storage.join(out, layout.BEST_MODEL_FILE),
+                                      monitor=MONITOR,
+                                      initial_value_threshold=done["best_val_mean_iou"])
         callbacks = [
             cb.EpochStats(),  # first: the callbacks after it see lr and seconds in the logs
             *([time_limit] if time_limit else []),
             schedule,
             throughput,
-            # best.keras is the inference model (main head only): what evaluate and export use.
-            # With --ema it holds the averaged weights, the ones validation scored.
-            *ema_window([cb.BestModelCheckpoint(
-                inference_model, storage.join(out, layout.BEST_MODEL_FILE), monitor=MONITOR,
-                initial_value_threshold=done["best_val_mean_iou"])]),
+            *(cb.with_ema_weights([best]) if cfg.ema else [best]),
             cb.CSVLogger(storage.join(out, layout.HISTORY_FILE), append=True),
             cb.EpochTensorBoard(storage.join(out, layout.TENSORBOARD_DIR)),
             # Weights, optimizer state and the epoch after each epoch: --resume, or a restart
