@@ -30,7 +30,10 @@ camvidc, score camvidb) to tell how the model does on a camera it has not seen.
 data/camvid-heldout).
 
 Finished runs in the work folder are reused (`--retrain` to train again), so an interrupted
-benchmark continues where it stopped. Writes OUTPUT.json (every run) and OUTPUT.md (mean and
+benchmark continues where it stopped. `--earlier FILE.json` lets a committed result of this
+script stand in for a run that is not in the work folder (same data folder, recipe flags, time
+limit and extra flags, else refused): the table marks those rows and names the file and its
+date, so one table can hold runs of several sessions without training them again. Writes OUTPUT.json (every run) and OUTPUT.md (mean and
 spread over seeds, IoU per category, training throughput).
 """
 from __future__ import annotations
@@ -121,6 +124,37 @@ def train_and_evaluate(recipe: str, data_name: str, data: Path, seed: int, work:
             **_metric_fields(read_json(report_dir / METRICS_FILE))}
 
 
+def earlier_rows(files: Sequence[Path], data: dict[str, Path],
+                 args: argparse.Namespace) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """(recipe, data, seed) -> a committed row that may stand in for that run, from `--earlier`.
+
+    A file's rows count only if they were made the same way: the data set's folder, the
+    recipe's flags, the time limit and the extra flags all as in this command.
+    """
+    out: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for file in files:
+        try:
+            earlier = read_json(file)
+            settings = earlier["settings"]
+            source = f"{file.name} ({earlier['generated']})"
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CliError(f"--earlier {file}: not a result of this script ({exc})") from None
+        if settings.get("time_limit_minutes") != args.time_limit \
+                or list(settings.get("train_args") or []) != list(args.train_arg):
+            raise CliError(f"--earlier {file}: made with --time-limit "
+                           f"{settings.get('time_limit_minutes')} and train args "
+                           f"{settings.get('train_args')}, not {args.time_limit} and "
+                           f"{args.train_arg}")
+        for row in earlier.get("rows", []):
+            recipe, name, seed = row.get("recipe"), row.get("data"), row.get("seed")
+            if seed is None or name not in data or recipe not in RECIPES \
+                    or settings["data"].get(name) != str(data[name]) \
+                    or settings["recipes"].get(recipe) != RECIPES[recipe]:
+                continue
+            out.setdefault((recipe, name, seed), {**row, "source": source})
+    return out
+
+
 def baseline_row(data_name: str, data: Path, work: Path) -> dict[str, Any]:
     """The colour classifier fitted on train, scored on the whole val frames."""
     from training import baselines
@@ -146,7 +180,7 @@ def latency_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[d
 
     first_runs: dict[str, Path] = {}
     for row in rows:
-        if row.get("model") and row.get("run_dir"):
+        if row.get("model") and row.get("run_dir") and not row.get("source"):
             first_runs.setdefault(row["model"], Path(row["run_dir"]))
     size = (1024, 2048)
     frame = street_frame(size)
@@ -229,14 +263,19 @@ def to_markdown(result: dict[str, Any]) -> str:
                   f"{len(result['latency'][0]['served_ms'])} calls interleaved with "
                   "`tf.io.decode_png` of the same bytes; real-time target: p50 <= 4x decode.",
                   "", *latency_table(result["latency"], "params")]
-    lines += ["", "Every run:", "",
+    earlier = any(row.get("source") for row in result["rows"])
+    lines += ["", "Every run" + (" (source: the run made by this command, or the committed "
+                                 "result it was taken from with `--earlier`)" if earlier else "")
+              + ":", "",
               "| recipe | data | seed | epochs | train images/s | best val (trainer) "
-              "| mean IoU 7 (evaluate) |", "|---|---|---:|---:|---:|---:|---:|"]
+              "| mean IoU 7 (evaluate) |" + (" source |" if earlier else ""),
+              "|---|---|---:|---:|---:|---:|---:|" + ("---|" if earlier else "")]
     for row in result["rows"]:
         lines.append(f"| {row['recipe']} | {row['data']} | {_num(row['seed'])} "
                      f"| {_num(row.get('epochs_done'))} "
                      f"| {_num(row.get('train_images_per_second'), 1)} "
-                     f"| {_num(row.get('best_val_mean_iou'))} | {_num(row.get('mean_iou_7'))} |")
+                     f"| {_num(row.get('best_val_mean_iou'))} | {_num(row.get('mean_iou_7'))} |"
+                     + (f" {row.get('source') or 'this run'} |" if earlier else ""))
     lines += reproduce(result["command"])
     return "\n".join(lines)
 
@@ -279,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "PNG, N calls (0: not timed)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false")
     parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--earlier", action="append", default=[], type=Path,
+                        metavar="FILE.json",
+                        help="a committed result of this script whose runs stand in for runs "
+                             "not in the work folder (made the same way; repeatable, the "
+                             "first file that has a run wins)")
     parser.add_argument("--work-dir", type=Path, default=REPO / "out" / "real")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--title", default=None,
@@ -322,11 +366,18 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.latency_runs < 0:
         raise CliError(f"--latency-runs must be >= 0, not {args.latency_runs}")
     work = args.work_dir.resolve()
+    committed = earlier_rows(args.earlier, data, args)
     rows = []
     for name, path in data.items():
         for recipe in recipes:
             for seed in seeds_for(recipe, name):
-                rows.append(train_and_evaluate(recipe, name, path, seed, work, args))
+                tag = f"{recipe}-{name}-seed{seed}"
+                if (recipe, name, seed) in committed and not args.retrain \
+                        and not (work / "runs" / tag / SUMMARY_FILE).is_file():
+                    rows.append(committed[(recipe, name, seed)])
+                    log.info("%s: taken from %s", tag, rows[-1]["source"])
+                else:
+                    rows.append(train_and_evaluate(recipe, name, path, seed, work, args))
                 log.info("%s on %s, seed %d: mean IoU 7 %s", recipe, name, seed,
                          _num(rows[-1].get("mean_iou_7")))
         if args.baseline:
