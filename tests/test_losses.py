@@ -117,6 +117,7 @@ def test_loss_gradients_flow_and_serialise(labels):
 
 @pytest.mark.parametrize("name,weights", [
     ("nope", None), ("weighted_ce", None), ("weighted_ohem", None), ("ce", [1.0, 2.0]),
+    ("weighted_ohem+lovasz", None),
 ])
 def test_bad_loss_requests_raise(name, weights):
     with pytest.raises(ValueError):
@@ -164,3 +165,49 @@ def test_ohem_ignores_the_ignored_class():
     logits[0, 0, :2, 1] = 9.0  # void pixels predicted very wrong: must not count
     got = losses.ohem_cross_entropy(labels, logits, ignore_class=0)
     np.testing.assert_allclose(got.numpy(), [np.log(2.0)], rtol=1e-5)
+
+
+def test_lovasz_of_crisp_predictions_is_one_minus_the_mean_iou_of_present_categories():
+    # On crisp probabilities the Lovász extension equals the Jaccard loss it extends.
+    labels = np.array([[[1, 1, 1, 2], [2, 7, 7, 0]]], dtype=np.int32)
+    predicted = np.array([[[1, 1, 2, 2], [2, 7, 6, 0]]], dtype=np.int32)
+    ious = []
+    for c in {1, 2, 7}:  # present in the label, void (0) ignored; 6 only predicted
+        truth, guess = labels[0] == c, predicted[0] == c
+        ious.append((truth & guess).sum() / (truth | guess).sum())
+    value = losses.lovasz_softmax(labels, _perfect_logits(predicted), ignore_class=V.VOID)
+    assert float(value[0]) == pytest.approx(1.0 - np.mean(ious), abs=1e-5)
+
+
+def test_lovasz_weighs_a_small_categorys_pixels_above_a_large_ones():
+    # 1 pixel of category 5 among 47 of category 1, all scored uniformly: the lone pixel
+    # decides its category's whole IoU, so it gets a larger share of the gradient.
+    labels = np.ones((1, 6, 8), np.int32)
+    labels[0, 0, 0] = 5
+    labels[0, 5, 7] = V.VOID
+    logits = tf.Variable(tf.zeros(labels.shape + (C,)))
+    with tf.GradientTape() as tape:
+        value = losses.lovasz_softmax(labels, logits, ignore_class=V.VOID)
+    grad = tf.norm(tape.gradient(value, logits), axis=-1).numpy()[0]
+    assert np.isfinite(grad).all()
+    assert grad[0, 0] > 5 * grad[3, 3] > 0
+    assert grad[5, 7] == 0  # the ignored pixel
+
+
+def test_weighted_ohem_lovasz_is_the_sum_of_its_terms(labels):
+    weights = [float(w) for w in np.linspace(0.5, 3.0, C)]
+    logits = tf.random.stateless_normal(labels.shape + (C,), seed=[1, 2])
+    both = losses.make_loss("weighted_ohem+lovasz", weights, ignore_class=V.VOID)(labels, logits)
+    ohem = losses.make_loss("weighted_ohem", weights, ignore_class=V.VOID)(labels, logits)
+    lovasz = losses.lovasz_softmax(labels, logits, ignore_class=V.VOID, stride=2)
+    assert float(both) == pytest.approx(float(ohem) + float(tf.reduce_mean(lovasz)), rel=1e-5)
+
+
+def test_lovasz_with_a_stride_scores_the_subsampled_pixels(labels):
+    logits = tf.random.stateless_normal(labels.shape + (C,), seed=[3, 4])
+    strided = losses.lovasz_softmax(labels, logits, ignore_class=V.VOID, stride=2)
+    subsampled = losses.lovasz_softmax(labels[:, ::2, ::2], logits[:, ::2, ::2],
+                                       ignore_class=V.VOID)
+    whole = losses.lovasz_softmax(labels, logits, ignore_class=V.VOID)
+    np.testing.assert_allclose(strided.numpy(), subsampled.numpy(), rtol=1e-6)
+    assert not np.allclose(strided.numpy(), whole.numpy())
