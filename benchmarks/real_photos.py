@@ -19,7 +19,7 @@ stride). Recipes:
   in the same run (`realtime.time_model`), so quality and latency come from one command;
 - one change from the default each (`ohem`, `weighted-ce`, `weighted-ohem`, `rotation-10`,
   `no-aux`, `crop-256x352-batch-4`, `lr-0.001`, `lr-0.003`, `scale-1-2`, `ema-0.99`,
-  `ema-0.99-lovasz` against `ema-0.99`), to back or
+  `lovasz`), to back or
   overturn a default by measurement; `no-cache` trains without keeping decoded frames in
   memory (training throughput at scale).
 
@@ -83,9 +83,9 @@ RECIPES: dict[str, list[str]] = {
     # Validation and best.keras on a moving average of the weights (about the last 100 steps,
     # two epochs of CamVid train): steadier than the last step's weights?
     "ema-0.99": ["--ema", "0.99"],
-    # With it, a Lovász-softmax term (each category weighed by its IoU, as the benchmark
-    # scores it, not by its pixel count): do thin poles and signs come out?
-    "ema-0.99-lovasz": ["--ema", "0.99", "--loss", "weighted_ohem+lovasz"],
+    # A Lovász-softmax term beside the weighted OHEM (each category weighed by its IoU, as
+    # the benchmark scores it, not by its pixel count): do thin poles and signs come out?
+    "lovasz": ["--loss", "weighted_ohem+lovasz"],
     # The model comparison: the default recipe with another architecture (`default` is the
     # trainer's default model).
     **{f"model-{name}": ["--model", name]
