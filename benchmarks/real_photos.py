@@ -155,7 +155,8 @@ def earlier_rows(files: Sequence[Path], data: dict[str, Path],
                     or settings["data"].get(name) != str(data[name]) \
                     or settings["recipes"].get(recipe) != RECIPES[recipe]:
                 continue
-            out.setdefault((recipe, name, seed), {**row, "source": source})
+            # A row that an earlier file itself took from another keeps its first source.
+            out.setdefault((recipe, name, seed), {"source": source, **row})
     return out
 
 
