@@ -136,12 +136,13 @@ def test_a_full_queue_answers_unavailable_at_once_and_the_queued_request_still_r
         later = [Caller(batcher, np.array([2])), Caller(batcher, np.array([3]))]
         # One of them takes the queue's only place and waits; the other is refused at once,
         # while request 1 still runs.
+        # Polled against a deadline (`started` is already set: waiting on it never slept, so
+        # the loop once gave up within microseconds when the callers' threads were slow).
         refused = None
-        for _ in range(WAIT_S * 100):
+        deadline = time.monotonic() + WAIT_S
+        while refused is None and time.monotonic() < deadline:
             refused = next((c for c in later if c.done.is_set()), None)
-            if refused is not None:
-                break
-            signature.started.wait(0.01)
+            time.sleep(0.01)
         assert refused is not None and not running.done.is_set()
         assert sum(c.done.is_set() for c in later) == 1
     finally:
