@@ -137,6 +137,8 @@ def earlier_rows(files: Sequence[Path], data: dict[str, Path],
     """
     out: dict[tuple[str, str, int], dict[str, Any]] = {}
     for file in files:
+        if not file.is_file():
+            raise CliError(f"--earlier {file}: no such file")
         try:
             earlier = read_json(file)
             settings = earlier["settings"]
