@@ -34,8 +34,9 @@ Finished runs in the work folder are reused (`--retrain` to train again), so an 
 benchmark continues where it stopped. `--earlier FILE.json` lets a committed result of this
 script stand in for a run that is not in the work folder (same data folder, recipe flags, time
 limit and extra flags, else refused): the table marks those rows and names the file and its
-date, so one table can hold runs of several sessions without training them again. Writes OUTPUT.json (every run) and OUTPUT.md (mean and
-spread over seeds, IoU per category, training throughput).
+date, so one table can hold runs of several sessions without training them again. Writes
+OUTPUT.json (every run) and OUTPUT.md (mean and spread over seeds, IoU per category, training
+throughput).
 """
 from __future__ import annotations
 
@@ -97,13 +98,23 @@ BASELINE = "colour-baseline"
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks" / "real_photos"
 
 
+def run_tag(recipe: str, data_name: str, seed: int) -> str:
+    """The name of one run's folders (runs/TAG, reports/TAG) and logs in the work folder."""
+    return f"{recipe}-{data_name}-seed{seed}"
+
+
+def finished(work: Path, tag: str) -> bool:
+    """Whether the work folder holds that run's finished training."""
+    return (work / "runs" / tag / SUMMARY_FILE).is_file()
+
+
 def train_and_evaluate(recipe: str, data_name: str, data: Path, seed: int, work: Path,
                        args: argparse.Namespace) -> dict[str, Any]:
     """One run: train under the budget, evaluate on the whole val frames."""
-    tag = f"{recipe}-{data_name}-seed{seed}"
+    tag = run_tag(recipe, data_name, seed)
     run_dir = work / "runs" / tag
     report_dir = work / "reports" / tag
-    if args.retrain or not (run_dir / SUMMARY_FILE).is_file():
+    if args.retrain or not finished(work, tag):
         shutil.rmtree(run_dir, ignore_errors=True)
         run_step("cityseg-train", ["--data-dir", data, "--output-dir", run_dir,
                                    "--time-limit", args.time_limit, "--seed", seed,
@@ -378,9 +389,9 @@ def _main(argv: Sequence[str] | None) -> int:
     for name, path in data.items():
         for recipe in recipes:
             for seed in seeds_for(recipe, name):
-                tag = f"{recipe}-{name}-seed{seed}"
+                tag = run_tag(recipe, name, seed)
                 if (recipe, name, seed) in committed and not args.retrain \
-                        and not (work / "runs" / tag / SUMMARY_FILE).is_file():
+                        and not finished(work, tag):
                     rows.append(committed[(recipe, name, seed)])
                     log.info("%s: taken from %s", tag, rows[-1]["source"])
                 else:
