@@ -34,7 +34,9 @@ Finished runs in the work folder are reused (`--retrain` to train again), so an 
 benchmark continues where it stopped. `--earlier FILE.json` lets a committed result of this
 script stand in for a run that is not in the work folder (same data folder, recipe flags, time
 limit and extra flags, else refused): the table marks those rows and names the file and its
-date, so one table can hold runs of several sessions without training them again. Writes
+date, so one table can hold runs of several sessions without training them again. A reused
+run or an earlier row must also have trained the model and loss that the recipe trains today:
+the `default` recipe follows the trainer's defaults, which move between versions. Writes
 OUTPUT.json (every run) and OUTPUT.md (mean and spread over seeds, IoU per category, training
 throughput).
 """
@@ -86,6 +88,7 @@ RECIPES: dict[str, list[str]] = {
     "ema-0.99": ["--ema", "0.99"],
     # A Lovász-softmax term beside the weighted OHEM (each category weighed by its IoU, as
     # the benchmark scores it, not by its pixel count): do thin poles and signs come out?
+    # It is the default since lovasz.md; `weighted-ohem` is the default before it.
     "lovasz": ["--loss", "weighted_ohem+lovasz"],
     # The model comparison: the default recipe with another architecture (`default` is the
     # trainer's default model).
@@ -108,12 +111,34 @@ def finished(work: Path, tag: str) -> bool:
     return (work / "runs" / tag / SUMMARY_FILE).is_file()
 
 
+def trained_as(recipe: str, args: argparse.Namespace) -> dict[str, str | None]:
+    """The model and loss a run of `recipe` trains in this command: the last `--model` and
+    `--loss` of its flags and the extra ones, else the trainer's defaults of today."""
+    from training.config import DEFAULT_LOSS
+    from training.models import DEFAULT_MODEL
+
+    flags = [str(flag) for flag in (*RECIPES[recipe], *args.train_arg)]
+    out: dict[str, str | None] = {"model": DEFAULT_MODEL, "loss": DEFAULT_LOSS}
+    for i, flag in enumerate(flags):
+        name, equals, value = flag.partition("=")
+        if name.removeprefix("--") in out and name.startswith("--"):
+            out[name.removeprefix("--")] = value if equals else \
+                (flags[i + 1] if i + 1 < len(flags) else None)
+    return out
+
+
 def train_and_evaluate(recipe: str, data_name: str, data: Path, seed: int, work: Path,
                        args: argparse.Namespace) -> dict[str, Any]:
     """One run: train under the budget, evaluate on the whole val frames."""
     tag = run_tag(recipe, data_name, seed)
     run_dir = work / "runs" / tag
     report_dir = work / "reports" / tag
+    if finished(work, tag) and not args.retrain:
+        config = read_json(run_dir / "config.json")
+        trained = {key: config.get(key) for key in ("model", "loss")}
+        if trained != trained_as(recipe, args):
+            raise CliError(f"{run_dir} trained {trained}, but {recipe} now trains "
+                           f"{trained_as(recipe, args)}: pass another --work-dir, or --retrain")
     if args.retrain or not finished(work, tag):
         shutil.rmtree(run_dir, ignore_errors=True)
         run_step("cityseg-train", ["--data-dir", data, "--output-dir", run_dir,
@@ -167,6 +192,11 @@ def earlier_rows(files: Sequence[Path], data: dict[str, Path],
             if seed is None or name not in data or recipe not in RECIPES \
                     or settings["data"].get(name) != str(data[name]) \
                     or settings["recipes"].get(recipe) != RECIPES[recipe]:
+                continue
+            trained = {key: row.get(key) for key in ("model", "loss")}
+            if trained != trained_as(recipe, args):
+                log.info("%s in %s trained %s, not today's %s: not taken",
+                         run_tag(recipe, name, seed), file.name, trained, trained_as(recipe, args))
                 continue
             # A row that an earlier file itself took from another keeps its first source.
             out.setdefault((recipe, name, seed), {"source": source, **row})

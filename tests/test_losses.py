@@ -203,6 +203,18 @@ def test_weighted_ohem_lovasz_is_the_sum_of_its_terms(labels):
     assert float(both) == pytest.approx(float(ohem) + float(tf.reduce_mean(lovasz)), rel=1e-5)
 
 
+def test_ohem_lovasz_is_the_default_without_weights(labels):
+    """The trainer's fallback on data without category counts: plain OHEM plus the term."""
+    logits = tf.random.stateless_normal(labels.shape + (C,), seed=[5, 6])
+    both = losses.make_loss("ohem+lovasz", ignore_class=V.VOID)(labels, logits)
+    ohem = losses.make_loss("ohem", ignore_class=V.VOID)(labels, logits)
+    lovasz = losses.lovasz_softmax(labels, logits, ignore_class=V.VOID, stride=2)
+    assert float(both) == pytest.approx(float(ohem) + float(tf.reduce_mean(lovasz)), rel=1e-5)
+    assert losses.UNWEIGHTED_FORM["weighted_ohem+lovasz"] == "ohem+lovasz"
+    assert all(name in losses.LOSSES and name not in losses.WEIGHTS_REQUIRED
+               for name in losses.UNWEIGHTED_FORM.values())
+
+
 def test_lovasz_with_a_stride_scores_the_subsampled_pixels(labels):
     logits = tf.random.stateless_normal(labels.shape + (C,), seed=[3, 4])
     strided = losses.lovasz_softmax(labels, logits, ignore_class=V.VOID, stride=2)

@@ -392,7 +392,7 @@ def test_impossible_configs_fail_with_one_line(change, message, toy_data, tmp_pa
 
 
 @pytest.mark.slow
-def test_default_loss_is_weighted_ohem_and_falls_back_without_category_counts(
+def test_default_loss_is_weighted_ohem_lovasz_and_falls_back_without_category_counts(
         toy_data, tmp_path, capsys, caplog):
     from cityseg.stats import split_class_weights
     from training import train
@@ -401,7 +401,7 @@ def test_default_loss_is_weighted_ohem_and_falls_back_without_category_counts(
     assert train.main(base_args(toy_data, run, "--epochs", "1")) == 0
     config = json.loads((run / "config.json").read_text())
     stats = json.loads((toy_data / V.STATS_FILE).read_text())
-    assert config["loss"] == "weighted_ohem"
+    assert config["loss"] == "weighted_ohem+lovasz"
     assert config["class_weights"] == split_class_weights(stats, "train")
     # A stats.json written before the job counted categories: the default trains unweighted.
     old = tmp_path / "old"
@@ -410,12 +410,12 @@ def test_default_loss_is_weighted_ohem_and_falls_back_without_category_counts(
         {k: ({"images": v["images"]} if k in V.SPLITS else v) for k, v in stats.items()}))
     with caplog.at_level(logging.WARNING, logger="cityseg.train"):
         assert train.main(base_args(old, tmp_path / "run2", "--epochs", "1")) == 0
-    assert json.loads((tmp_path / "run2" / "config.json").read_text())["loss"] == "ohem"
-    assert "plain OHEM" in caplog.text
+    assert json.loads((tmp_path / "run2" / "config.json").read_text())["loss"] == "ohem+lovasz"
+    assert "training with ohem+lovasz (plain OHEM)" in caplog.text
     # Asked for by name, the weighted loss refuses, in one line, before training.
-    assert train.main(base_args(old, tmp_path / "run3", "--loss", "weighted_ohem")) == 2
+    assert train.main(base_args(old, tmp_path / "run3", "--loss", "weighted_ohem+lovasz")) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--loss weighted_ohem needs" in err[0]
+    assert len(err) == 1 and "--loss weighted_ohem+lovasz needs" in err[0]
     assert not (tmp_path / "run3" / "config.json").exists()
 
 

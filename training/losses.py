@@ -258,9 +258,15 @@ def _lovasz(y_true, y_pred, *, class_weights=None, ignore_class=None):
 
 def _weighted_ohem_lovasz(y_true, y_pred, *, class_weights=None, ignore_class=None):
     # The weighted OHEM's per-pixel gradients, plus a term that scores each category as the
-    # benchmark does (its IoU), whatever its pixel count.
+    # benchmark does (its IoU), whatever its pixel count; on every second pixel of every
+    # second row, a quarter of the sort that is its cost.
     return (_weighted_ohem(y_true, y_pred, class_weights=class_weights, ignore_class=ignore_class)
             + lovasz_softmax(y_true, y_pred, ignore_class=ignore_class, stride=2))
+
+
+def _ohem_lovasz(y_true, y_pred, *, class_weights=None, ignore_class=None):
+    # The same two terms with plain OHEM: the default's form on data without category counts.
+    return _weighted_ohem_lovasz(y_true, y_pred, ignore_class=ignore_class)
 
 
 LOSSES: dict[str, Callable[..., tf.Tensor]] = {
@@ -273,18 +279,22 @@ LOSSES: dict[str, Callable[..., tf.Tensor]] = {
     "ce+dice": _ce_dice,
     "lovasz": _lovasz,
     "weighted_ohem+lovasz": _weighted_ohem_lovasz,
+    "ohem+lovasz": _ohem_lovasz,
 }
 # The losses that read class weights; the trainer derives weights from stats.json for these.
 CLASS_WEIGHTED_LOSSES = frozenset({"weighted_ce", "weighted_ohem", "focal", "ce+dice",
                                    "weighted_ohem+lovasz"})
 # Those that mean nothing without them.
 WEIGHTS_REQUIRED = frozenset({"weighted_ce", "weighted_ohem", "weighted_ohem+lovasz"})
+# What a loss that reads category counts becomes on data without them, where the trainer
+# trains its default rather than refuse.
+UNWEIGHTED_FORM = {"weighted_ohem": "ohem", "weighted_ohem+lovasz": "ohem+lovasz"}
 
 
 def make_loss(name: str, class_weights: Sequence[float] | None = None, *,
               ignore_class: int | None = None) -> SegmentationLoss:
     """Builds a loss by name: `ce`, `ohem`, `weighted_ohem`, `weighted_ce`, `dice`, `focal`,
-    `ce+dice`, `lovasz` or `weighted_ohem+lovasz`.
+    `ce+dice`, `lovasz`, `weighted_ohem+lovasz` or `ohem+lovasz`.
 
     Args:
       name: one of `LOSSES`.

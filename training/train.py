@@ -66,10 +66,11 @@ def train(cfg: TrainConfig, explicit: frozenset[str] = frozenset()) -> dict[str,
         if cfg.loss == DEFAULT_LOSS and cfg.class_weights is None and "loss" not in explicit:
             # The default loss on data whose stats.json predates the category counts: train
             # rather than refuse, with its unweighted form.
-            log.warning("%s has no category counts for the %s split: training with plain "
-                        "OHEM instead of the default weighted_ohem (re-run cityseg-preprocess "
-                        "to get them)", storage.join(cfg.data_dir, V.STATS_FILE), cfg.train_split)
-            cfg.loss = "ohem"
+            cfg.loss = losses.UNWEIGHTED_FORM[DEFAULT_LOSS]
+            log.warning("%s has no category counts for the %s split: training with %s (plain "
+                        "OHEM) instead of the default %s (re-run cityseg-preprocess to get "
+                        "them)", storage.join(cfg.data_dir, V.STATS_FILE), cfg.train_split,
+                        cfg.loss, DEFAULT_LOSS)
         elif cfg.loss in losses.WEIGHTS_REQUIRED and cfg.class_weights is None:
             raise CliError(f"--loss {cfg.loss} needs the {cfg.train_split} split's category "
                            f"counts in {storage.join(cfg.data_dir, V.STATS_FILE)} (re-run "
