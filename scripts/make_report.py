@@ -47,6 +47,7 @@ COMMANDS = {
     "ema_20min": REAL_PHOTOS,
     "lovasz": REAL_PHOTOS,
     "stride4": REAL_PHOTOS,
+    "budget_40min": REAL_PHOTOS,
     "learning_rate": REAL_PHOTOS,
     "train_cache": REAL_PHOTOS,
     "unet_xla": REAL_PHOTOS,
@@ -67,9 +68,9 @@ FLOORS = {"colour-baseline": "a per-pixel colour classifier",
           "seed-recipe": "the seed's recipe under the same budget"}
 # Benchmarks that write their own markdown next to the JSON: the report includes it as it is.
 MARKDOWN_SECTIONS = ("recipes", "learning_rate", "scale_range", "stride4", "ema", "ema_20min",
-                     "lovasz", "train_step", "train_step_amx", "train_step_s4", "train_step_xla",
-                     "unet_xla", "train_step_sizes", "train_cache", "job_scaling_quiet",
-                     "job_scaling", "server_hardening")
+                     "lovasz", "budget_40min", "train_step", "train_step_amx", "train_step_s4",
+                     "train_step_xla", "unet_xla", "train_step_sizes", "train_cache",
+                     "job_scaling_quiet", "job_scaling", "server_hardening")
 
 
 def load(name: str) -> dict[str, Any] | None:
