@@ -111,6 +111,11 @@ def finished(work: Path, tag: str) -> bool:
     return (work / "runs" / tag / SUMMARY_FILE).is_file()
 
 
+def trained(record: dict[str, Any]) -> dict[str, Any]:
+    """The model and loss of a run's config.json or of a result row: what `trained_as` names."""
+    return {key: record.get(key) for key in ("model", "loss")}
+
+
 def trained_as(recipe: str, args: argparse.Namespace) -> dict[str, str | None]:
     """The model and loss a run of `recipe` trains in this command: the last `--model` and
     `--loss` of its flags and the extra ones, else the trainer's defaults of today."""
@@ -121,9 +126,9 @@ def trained_as(recipe: str, args: argparse.Namespace) -> dict[str, str | None]:
     out: dict[str, str | None] = {"model": DEFAULT_MODEL, "loss": DEFAULT_LOSS}
     for i, flag in enumerate(flags):
         name, equals, value = flag.partition("=")
-        if name.removeprefix("--") in out and name.startswith("--"):
-            out[name.removeprefix("--")] = value if equals else \
-                (flags[i + 1] if i + 1 < len(flags) else None)
+        key = name.removeprefix("--")
+        if key != name and key in out:
+            out[key] = value if equals else (flags[i + 1] if i + 1 < len(flags) else None)
     return out
 
 
@@ -134,11 +139,10 @@ def train_and_evaluate(recipe: str, data_name: str, data: Path, seed: int, work:
     run_dir = work / "runs" / tag
     report_dir = work / "reports" / tag
     if finished(work, tag) and not args.retrain:
-        config = read_json(run_dir / "config.json")
-        trained = {key: config.get(key) for key in ("model", "loss")}
-        if trained != trained_as(recipe, args):
-            raise CliError(f"{run_dir} trained {trained}, but {recipe} now trains "
-                           f"{trained_as(recipe, args)}: pass another --work-dir, or --retrain")
+        was, now = trained(read_json(run_dir / "config.json")), trained_as(recipe, args)
+        if was != now:
+            raise CliError(f"{run_dir} trained {was}, but {recipe} now trains {now}: pass "
+                           "another --work-dir, or --retrain")
     if args.retrain or not finished(work, tag):
         shutil.rmtree(run_dir, ignore_errors=True)
         run_step("cityseg-train", ["--data-dir", data, "--output-dir", run_dir,
@@ -193,10 +197,10 @@ def earlier_rows(files: Sequence[Path], data: dict[str, Path],
                     or settings["data"].get(name) != str(data[name]) \
                     or settings["recipes"].get(recipe) != RECIPES[recipe]:
                 continue
-            trained = {key: row.get(key) for key in ("model", "loss")}
-            if trained != trained_as(recipe, args):
+            was, now = trained(row), trained_as(recipe, args)
+            if was != now:
                 log.info("%s in %s trained %s, not today's %s: not taken",
-                         run_tag(recipe, name, seed), file.name, trained, trained_as(recipe, args))
+                         run_tag(recipe, name, seed), file.name, was, now)
                 continue
             # A row that an earlier file itself took from another keeps its first source.
             out.setdefault((recipe, name, seed), {"source": source, **row})
